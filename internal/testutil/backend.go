@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -65,6 +66,10 @@ type Call struct {
 	Err error
 }
 
+// TestService is the gRPC service name tests call on a Backend; its health
+// status starts SERVING.
+const TestService = "test.Svc"
+
 // Backend is a real gRPC server on loopback whose behaviour is chosen by the
 // method name and the request metadata:
 //
@@ -113,6 +118,8 @@ func StartBackendOn(lis net.Listener, opts ...grpc.ServerOption) *Backend {
 		grpc.UnknownServiceHandler(b.handle),
 	}, opts...)
 	b.Server = grpc.NewServer(opts...)
+	// The service the tests call; "" is SERVING already.
+	b.Health.SetServingStatus(TestService, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(b.Server, b.Health)
 	go b.Server.Serve(lis) //nolint:errcheck // ends with Stop
 	return b
@@ -305,4 +312,17 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		}
 		<-tick.C
 	}
+}
+
+// Logger writes the component logs into the test's log, so that a failing
+// test shows what the gateway was doing.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

@@ -1,0 +1,291 @@
+// Package balancer chooses the backend of each call among the routable
+// backends of its route.
+//
+// Pickers are immutable and swapped whole behind an atomic pointer when the
+// routable set of a route changes, so Pick never takes a lock: the hot path
+// is a map lookup, an atomic add and an index.
+package balancer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/healthgate/healthgate/discovery"
+	"github.com/healthgate/healthgate/healthcheck"
+)
+
+// Policy chooses among a route's routable backends.
+type Policy string
+
+const (
+	// RoundRobin spreads calls in turn, each backend as often as its
+	// weight says, starting at a random backend so that many gateways do
+	// not all hit the same one first.
+	RoundRobin Policy = "round_robin"
+	// LeastRequest picks the less busy of two backends chosen at random
+	// (power of two choices): it follows load without a global scan.
+	LeastRequest Policy = "least_request"
+)
+
+// Validate reports whether p is a known policy; "" means RoundRobin.
+func (p Policy) Validate() error {
+	switch p {
+	case "", RoundRobin, LeastRequest:
+		return nil
+	}
+	return fmt.Errorf("unknown policy %q (want %q or %q)", string(p), RoundRobin, LeastRequest)
+}
+
+// Config chooses a policy per route.
+type Config struct {
+	// Policies by route name; a route not listed uses Default.
+	Policies map[string]Policy
+	// Default is the policy of unlisted routes; "" means RoundRobin.
+	Default Policy
+}
+
+// Validate reports the first policy that is not known.
+func (c Config) Validate() error {
+	if err := c.Default.Validate(); err != nil {
+		return fmt.Errorf("default policy: %w", err)
+	}
+	for r, p := range c.Policies {
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("route %q: %w", r, err)
+		}
+	}
+	return nil
+}
+
+// Endpoint is a picked backend. It is the proxy's upstream for one call:
+// calls go over the backend's shared connection, and Done must be called when
+// the call ends.
+type Endpoint struct {
+	*grpc.ClientConn
+	addr     string
+	inflight atomic.Int64
+}
+
+// Addr is the backend's address.
+func (e *Endpoint) Addr() string { return e.addr }
+
+// InFlight is the number of calls picked for the endpoint and not yet done.
+func (e *Endpoint) InFlight() int64 { return e.inflight.Load() }
+
+// Done ends a call picked for the endpoint.
+func (e *Endpoint) Done(error) { e.inflight.Add(-1) }
+
+// NoRouteError: no route covers the called service.
+type NoRouteError struct{ Service string }
+
+func (e *NoRouteError) Error() string { return fmt.Sprintf("unknown service %s", e.Service) }
+
+// GRPCStatus makes the error UNIMPLEMENTED at the RPC boundary, as a server
+// that does not serve the service would answer.
+func (e *NoRouteError) GRPCStatus() *status.Status {
+	return status.New(codes.Unimplemented, "healthgate: "+e.Error())
+}
+
+// NoUpstreamError: the route has no routable backend.
+type NoUpstreamError struct{ Route string }
+
+func (e *NoUpstreamError) Error() string {
+	return fmt.Sprintf("no healthy upstream for route %q", e.Route)
+}
+
+// GRPCStatus makes the error UNAVAILABLE: the client may retry, elsewhere or
+// later.
+func (e *NoUpstreamError) GRPCStatus() *status.Status {
+	return status.New(codes.Unavailable, "healthgate: "+e.Error())
+}
+
+// picker chooses among one route's routable endpoints. It never changes after
+// it is built.
+type picker struct {
+	route  string
+	policy Policy
+	// ring holds each endpoint as many times as its weight, for round robin.
+	ring []*Endpoint
+	// eps holds each endpoint once, for least request.
+	eps  []*Endpoint
+	next atomic.Uint32
+	// noUpstream is the error of an empty route, built once.
+	noUpstream error
+}
+
+type table struct {
+	routes map[string]*picker
+	dflt   *picker // nil without a default route
+}
+
+// Balancer picks a backend per call.
+type Balancer struct {
+	cfg   Config
+	log   *slog.Logger
+	table atomic.Pointer[table]
+	// endpoints outlive pickers so that in-flight counts survive rebuilds.
+	// Only Update touches it, from one goroutine.
+	endpoints map[*grpc.ClientConn]*Endpoint
+	// routable is each route's routable set as last built, to rebuild only
+	// the routes whose set changed.
+	routable map[string][]routableKey
+}
+
+type routableKey struct {
+	conn   *grpc.ClientConn
+	weight int
+}
+
+// New returns a balancer with no routes: every call is UNIMPLEMENTED until
+// the first Update.
+func New(cfg Config, logger *slog.Logger) (*Balancer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("balancer: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	b := &Balancer{
+		cfg: cfg, log: logger.With("component", "balancer"),
+		endpoints: map[*grpc.ClientConn]*Endpoint{},
+		routable:  map[string][]routableKey{},
+	}
+	b.table.Store(&table{routes: map[string]*picker{}})
+	return b, nil
+}
+
+// Update rebuilds the pickers of routes whose routable backends changed. It
+// must not be called concurrently with itself.
+func (b *Balancer) Update(st *healthcheck.State) {
+	old := b.table.Load()
+	t := &table{routes: make(map[string]*picker, len(st.Routes))}
+	live := map[*grpc.ClientConn]bool{}
+	for name, r := range st.Routes {
+		var keys []routableKey
+		for _, be := range r.Backends {
+			if be.Routable && be.Conn != nil {
+				keys = append(keys, routableKey{be.Conn, be.Weight})
+				live[be.Conn] = true
+				if _, ok := b.endpoints[be.Conn]; !ok {
+					b.endpoints[be.Conn] = &Endpoint{ClientConn: be.Conn, addr: be.Addr}
+				}
+			}
+		}
+		p, ok := old.routes[name]
+		if !ok || !slices.Equal(keys, b.routable[name]) {
+			p = b.build(name, keys)
+			b.log.Debug("picker rebuilt", "route", name, "routable", len(keys))
+		}
+		b.routable[name] = keys
+		t.routes[name] = p
+	}
+	for name := range b.routable {
+		if _, ok := st.Routes[name]; !ok {
+			delete(b.routable, name)
+		}
+	}
+	for conn := range b.endpoints {
+		if !live[conn] {
+			// Calls still in flight hold their *Endpoint; only the map
+			// forgets it.
+			delete(b.endpoints, conn)
+		}
+	}
+	t.dflt = t.routes[discovery.DefaultRoute]
+	b.table.Store(t)
+}
+
+func (b *Balancer) build(route string, keys []routableKey) *picker {
+	policy := b.cfg.Default
+	if p, ok := b.cfg.Policies[route]; ok {
+		policy = p
+	}
+	if policy == "" {
+		policy = RoundRobin
+	}
+	p := &picker{route: route, policy: policy, noUpstream: &NoUpstreamError{Route: route}}
+	g := 0
+	for _, k := range keys {
+		g = gcd(g, k.weight)
+	}
+	for _, k := range keys {
+		ep := b.endpoints[k.conn]
+		p.eps = append(p.eps, ep)
+		for range min(k.weight/max(g, 1), maxWeight) {
+			p.ring = append(p.ring, ep)
+		}
+	}
+	// Interleave by shuffling once: a weight-3 backend should not take
+	// three calls in a row.
+	rand.Shuffle(len(p.ring), func(i, j int) { p.ring[i], p.ring[j] = p.ring[j], p.ring[i] })
+	if len(p.ring) > 0 {
+		p.next.Store(rand.Uint32N(uint32(len(p.ring))))
+	}
+	return p
+}
+
+// maxWeight bounds a backend's copies in the ring.
+const maxWeight = 100
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// Pick chooses the backend for a call to fullMethod ("/pkg.Service/Method").
+// It never blocks. Errors carry their gRPC status: UNIMPLEMENTED when no
+// route covers the service, UNAVAILABLE when the route has no routable
+// backend.
+func (b *Balancer) Pick(_ context.Context, fullMethod string) (*Endpoint, error) {
+	t := b.table.Load()
+	svc := serviceOf(fullMethod)
+	p, ok := t.routes[svc]
+	if !ok {
+		if p = t.dflt; p == nil {
+			return nil, &NoRouteError{Service: svc}
+		}
+	}
+	var ep *Endpoint
+	switch n := uint32(len(p.eps)); {
+	case n == 0:
+		return nil, p.noUpstream
+	case p.policy == LeastRequest && n > 1:
+		i := rand.Uint32N(n)
+		j := rand.Uint32N(n - 1)
+		if j >= i {
+			j++
+		}
+		ep = p.eps[i]
+		if other := p.eps[j]; other.inflight.Load() < ep.inflight.Load() {
+			ep = other
+		}
+	default:
+		ep = p.ring[p.next.Add(1)%uint32(len(p.ring))]
+	}
+	ep.inflight.Add(1)
+	return ep, nil
+}
+
+// serviceOf returns "pkg.Service" of "/pkg.Service/Method".
+func serviceOf(fullMethod string) string {
+	s := fullMethod
+	if len(s) > 0 && s[0] == '/' {
+		s = s[1:]
+	}
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '/' {
+			return s[:i]
+		}
+	}
+	return s
+}

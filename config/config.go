@@ -1,0 +1,263 @@
+// Package config reads healthgate's YAML configuration file. It is data
+// only: validation names the offending field, and turning the config into
+// running parts is the gateway package's job.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/healthgate/healthgate/balancer"
+	"github.com/healthgate/healthgate/discovery"
+)
+
+// Config is the whole file. Every field is optional; the zero value of each
+// is documented and is what the gateway does without a config file.
+type Config struct {
+	// Listen is the gRPC address clients call. Default 127.0.0.1:9000.
+	Listen string `yaml:"listen"`
+	// Admin is the HTTP admin address; empty means no admin listener.
+	Admin string `yaml:"admin"`
+	Log   Log    `yaml:"log"`
+	// Consul, when its address is set, discovers backends.
+	Consul Consul  `yaml:"consul"`
+	Routes []Route `yaml:"routes"`
+	Proxy  Proxy   `yaml:"proxy"`
+	Health Health  `yaml:"health"`
+	// Shutdown tunes the drain on SIGTERM.
+	Shutdown Shutdown `yaml:"shutdown"`
+}
+
+// Log chooses the log output.
+type Log struct {
+	// Level: debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format: text (default) or json.
+	Format string `yaml:"format"`
+	// Access logs one line per proxied call. Off by default.
+	Access bool `yaml:"access"`
+}
+
+// Consul is how to reach Consul and what to take from it.
+type Consul struct {
+	// Address of the agent's HTTP API, host:port or a URL. Empty means no
+	// Consul (CONSUL_HTTP_ADDR fills it when set).
+	Address string `yaml:"address"`
+	// Token is the ACL token (CONSUL_HTTP_TOKEN fills it when empty).
+	Token string `yaml:"token"`
+	// Datacenter to query; empty means the agent's own.
+	Datacenter string `yaml:"datacenter"`
+	// Tags: only instances carrying every one of these tags are used, for
+	// routes learned from route tags.
+	Tags []string `yaml:"tags"`
+	// AllowUnhealthy also uses instances whose Consul checks do not pass.
+	// Off by default: only passing instances are used.
+	AllowUnhealthy bool `yaml:"allow_unhealthy"`
+	// RouteTag is the tag prefix that routes a backend without gateway
+	// configuration: a tag "<RouteTag>=pkg.Service" routes calls to
+	// pkg.Service to it. Default "healthgate.route".
+	RouteTag string `yaml:"route_tag"`
+	// DisableAutoRoutes turns route tags off: only the routes below are
+	// served.
+	DisableAutoRoutes bool `yaml:"disable_auto_routes"`
+	TLS               TLS  `yaml:"tls"`
+}
+
+// TLS to Consul.
+type TLS struct {
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Route sends calls for one gRPC service to a set of backends.
+type Route struct {
+	// Service is the full gRPC service name ("pkg.Service"), or "*" for
+	// calls that no other route covers.
+	Service string `yaml:"service"`
+	// Backends are static addresses (host:port).
+	Backends []string `yaml:"backends"`
+	// ConsulService names a Consul service whose instances serve the route.
+	ConsulService string `yaml:"consul_service"`
+	// Tags filter ConsulService's instances: each must carry all of them.
+	Tags []string `yaml:"tags"`
+	// HealthService is the grpc.health.v1 service name checked on the
+	// route's backends. Unset means Service ("" for "*"); set it to "" to
+	// check the backends' overall health.
+	HealthService *string `yaml:"health_service"`
+	// MinHealthy is how many routable backends the route needs to report
+	// SERVING in the gateway's own health. Default 1.
+	MinHealthy int `yaml:"min_healthy"`
+	// Policy: round_robin (default) or least_request.
+	Policy balancer.Policy `yaml:"policy"`
+}
+
+// Proxy tunes forwarding.
+type Proxy struct {
+	// MaxRequestBytes limits one client message. Default 4 MiB.
+	MaxRequestBytes int `yaml:"max_request_bytes"`
+	// MaxResponseBytes limits one backend message. Default 4 MiB.
+	MaxResponseBytes int `yaml:"max_response_bytes"`
+	// DefaultTimeout is given to calls without a deadline. Default none.
+	DefaultTimeout time.Duration `yaml:"default_timeout"`
+}
+
+// Health tunes backend health checking.
+type Health struct {
+	// BackoffBase and BackoffMax bound the retry of a failed Watch.
+	// Defaults 1s and 2m.
+	BackoffBase time.Duration `yaml:"backoff_base"`
+	BackoffMax  time.Duration `yaml:"backoff_max"`
+	// DrainGrace is how long a backend that left discovery keeps its
+	// connection for calls in flight. Default 10s.
+	DrainGrace time.Duration `yaml:"drain_grace"`
+}
+
+// Shutdown tunes the drain on SIGTERM: the gateway reports NOT_SERVING at
+// once, keeps accepting for DrainDelay so that clients and load balancers
+// notice, then stops accepting and gives calls in flight Grace to finish.
+type Shutdown struct {
+	// DrainDelay, default 2s.
+	DrainDelay time.Duration `yaml:"drain_delay"`
+	// Grace, default 30s.
+	Grace time.Duration `yaml:"grace"`
+}
+
+// Defaults.
+const (
+	DefaultListen   = "127.0.0.1:9000"
+	DefaultRouteTag = "healthgate.route"
+)
+
+// Load reads and validates a config file.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML strictly (an unknown field is an error) and validates.
+func Parse(data []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ApplyDefaults fills unset fields with their documented defaults.
+func (c *Config) ApplyDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.Consul.RouteTag == "" {
+		c.Consul.RouteTag = DefaultRouteTag
+	}
+	if c.Shutdown.DrainDelay == 0 {
+		c.Shutdown.DrainDelay = 2 * time.Second
+	}
+	if c.Shutdown.Grace == 0 {
+		c.Shutdown.Grace = 30 * time.Second
+	}
+	for i := range c.Routes {
+		if c.Routes[i].MinHealthy == 0 {
+			c.Routes[i].MinHealthy = 1
+		}
+	}
+}
+
+// Validate reports the first field that cannot be used, by its path in the
+// file (routes[1].policy: ...).
+func (c *Config) Validate() error {
+	for _, a := range []struct{ field, addr string }{{"listen", c.Listen}, {"admin", c.Admin}} {
+		if a.addr != "" {
+			if _, _, err := net.SplitHostPort(a.addr); err != nil {
+				return fmt.Errorf("%s: %q is not host:port: %w", a.field, a.addr, err)
+			}
+		}
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "text", "json":
+	default:
+		return fmt.Errorf("log.format: %q is not text or json", c.Log.Format)
+	}
+	if (c.Consul.TLS.CertFile == "") != (c.Consul.TLS.KeyFile == "") {
+		return errors.New("consul.tls: cert_file and key_file go together")
+	}
+	seen := map[string]int{}
+	for i, r := range c.Routes {
+		f := fmt.Sprintf("routes[%d]", i)
+		switch {
+		case r.Service == "":
+			return fmt.Errorf("%s.service: missing (a full gRPC service name such as pkg.Service, or %q)", f, discovery.DefaultRoute)
+		case strings.ContainsAny(r.Service, "/ ") && r.Service != discovery.DefaultRoute:
+			return fmt.Errorf("%s.service: %q is not a gRPC service name (no slashes or spaces: pkg.Service)", f, r.Service)
+		case len(r.Backends) == 0 && r.ConsulService == "":
+			return fmt.Errorf("%s: neither backends nor consul_service is set", f)
+		case len(r.Tags) > 0 && r.ConsulService == "":
+			return fmt.Errorf("%s.tags: tags filter consul_service, which is not set", f)
+		case r.MinHealthy < 0:
+			return fmt.Errorf("%s.min_healthy: must not be negative, got %d", f, r.MinHealthy)
+		}
+		if j, dup := seen[r.Service]; dup {
+			return fmt.Errorf("%s.service: %q is already routed by routes[%d]", f, r.Service, j)
+		}
+		seen[r.Service] = i
+		for j, b := range r.Backends {
+			if _, _, err := net.SplitHostPort(b); err != nil {
+				return fmt.Errorf("%s.backends[%d]: %q is not host:port: %w", f, j, b, err)
+			}
+		}
+		if err := r.Policy.Validate(); err != nil {
+			return fmt.Errorf("%s.policy: %w", f, err)
+		}
+	}
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{
+		{"proxy.default_timeout", c.Proxy.DefaultTimeout},
+		{"health.backoff_base", c.Health.BackoffBase},
+		{"health.backoff_max", c.Health.BackoffMax},
+		{"health.drain_grace", c.Health.DrainGrace},
+		{"shutdown.drain_delay", c.Shutdown.DrainDelay},
+		{"shutdown.grace", c.Shutdown.Grace},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("%s: must not be negative, got %s", d.field, d.v)
+		}
+	}
+	if c.Proxy.MaxRequestBytes < 0 {
+		return fmt.Errorf("proxy.max_request_bytes: must not be negative, got %d", c.Proxy.MaxRequestBytes)
+	}
+	if c.Proxy.MaxResponseBytes < 0 {
+		return fmt.Errorf("proxy.max_response_bytes: must not be negative, got %d", c.Proxy.MaxResponseBytes)
+	}
+	return nil
+}

@@ -1,0 +1,389 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// ConsulConfig says how to reach Consul and what to take from it. Only cmd
+// reads the environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN); here every
+// value is explicit.
+type ConsulConfig struct {
+	// Address of the agent's HTTP API: host:port or an http(s) URL.
+	Address    string
+	Token      string
+	Datacenter string
+	// Tags: instances used by route tags must carry all of these.
+	Tags []string
+	// AllowUnhealthy also uses instances whose Consul checks do not pass.
+	AllowUnhealthy bool
+	// RouteTag is the prefix of route tags: "<RouteTag>=pkg.Service".
+	RouteTag string
+	// AutoRoutes routes every service that carries route tags.
+	AutoRoutes bool
+	// Routes are the config file's routes that name a Consul service.
+	Routes []ConsulRoute
+	TLS    ConsulTLS
+	// WaitTime bounds one blocking query. Zero means 5m.
+	WaitTime time.Duration
+	// RetryBase and RetryMax bound the backoff while Consul is unreachable.
+	// Zero means 250ms and 10s.
+	RetryBase, RetryMax time.Duration
+	// OnQuery, if set, is told of every query's outcome (for metrics).
+	OnQuery func(what string, took time.Duration, err error)
+}
+
+// ConsulRoute routes calls for Route to the instances of Consul service
+// Service that carry all of Tags.
+type ConsulRoute struct {
+	Route   string
+	Service string
+	Tags    []string
+}
+
+// ConsulTLS is TLS to the Consul agent; zero means plain HTTP.
+type ConsulTLS struct {
+	CAFile, CertFile, KeyFile, ServerName string
+	InsecureSkipVerify                    bool
+}
+
+// Consul is a Source fed by Consul blocking queries: one on the catalog to
+// learn which services carry route tags, one per watched service on its
+// health endpoint. There is no polling: each query returns when Consul's
+// data changes, or after WaitTime.
+type Consul struct {
+	cfg    ConsulConfig
+	client *api.Client
+	log    *slog.Logger
+}
+
+// NewConsul returns a Consul source; nothing is contacted before Run.
+func NewConsul(cfg ConsulConfig, logger *slog.Logger) (*Consul, error) {
+	if cfg.Address == "" {
+		return nil, errors.New("discovery: consul: address is empty")
+	}
+	if cfg.RouteTag == "" {
+		cfg.RouteTag = "healthgate.route"
+	}
+	if cfg.WaitTime == 0 {
+		cfg.WaitTime = 5 * time.Minute
+	}
+	if cfg.RetryBase == 0 {
+		cfg.RetryBase = 250 * time.Millisecond
+	}
+	if cfg.RetryMax == 0 {
+		cfg.RetryMax = 10 * time.Second
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ac := &api.Config{
+		Address:    cfg.Address,
+		Token:      cfg.Token,
+		Datacenter: cfg.Datacenter,
+		TLSConfig: api.TLSConfig{
+			Address: cfg.TLS.ServerName, CAFile: cfg.TLS.CAFile,
+			CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile,
+			InsecureSkipVerify: cfg.TLS.InsecureSkipVerify,
+		},
+	}
+	if strings.HasPrefix(cfg.Address, "https://") || cfg.TLS.CAFile != "" || cfg.TLS.CertFile != "" {
+		ac.Scheme = "https"
+	}
+	if u, ok := strings.CutPrefix(ac.Address, "https://"); ok {
+		ac.Address = u
+	} else if u, ok := strings.CutPrefix(ac.Address, "http://"); ok {
+		ac.Address = u
+	}
+	client, err := api.NewClient(ac)
+	if err != nil {
+		return nil, fmt.Errorf("discovery: consul %s: %w", cfg.Address, err)
+	}
+	return &Consul{cfg: cfg, client: client, log: logger.With("component", "discovery", "consul", cfg.Address)}, nil
+}
+
+// watchKey is one health query: a service with a tag filter.
+type watchKey struct {
+	service string
+	tags    string // the filter tags joined with "\x00"
+	auto    bool   // read route tags from the results
+}
+
+// consulRun is the state of one Run: what each query last returned.
+type consulRun struct {
+	c    *Consul
+	poke chan struct{}
+
+	mu sync.Mutex // guards the fields below
+	// catalog is the set of services carrying route tags; nil until the
+	// catalog query first answers.
+	catalog map[string]bool
+	// results holds each watch's latest instances; a key is present once
+	// its query has answered.
+	results map[watchKey][]*api.ServiceEntry
+}
+
+func (r *consulRun) wake() {
+	select {
+	case r.poke <- struct{}{}:
+	default:
+	}
+}
+
+// Run watches Consul until ctx ends. While Consul is unreachable it keeps
+// the last snapshot it published and retries with backoff.
+func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r := &consulRun{c: c, poke: make(chan struct{}, 1), results: map[watchKey][]*api.ServiceEntry{}}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	watches := map[watchKey]context.CancelFunc{}
+	start := func(k watchKey) {
+		wctx, stop := context.WithCancel(ctx)
+		watches[k] = stop
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.watchService(wctx, k)
+		}()
+	}
+	for _, rt := range c.cfg.Routes {
+		k := watchKey{service: rt.Service, tags: strings.Join(rt.Tags, "\x00")}
+		if _, ok := watches[k]; !ok {
+			start(k)
+		}
+	}
+	if c.cfg.AutoRoutes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.watchCatalog(ctx)
+		}()
+	}
+
+	var last *Snapshot
+	synced := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.poke:
+		}
+		r.mu.Lock()
+		if r.catalog != nil {
+			want := map[watchKey]bool{}
+			for svc := range r.catalog {
+				want[watchKey{service: svc, tags: strings.Join(c.cfg.Tags, "\x00"), auto: true}] = true
+			}
+			for k := range want {
+				if _, ok := watches[k]; !ok {
+					start(k)
+				}
+			}
+			for k, stop := range watches {
+				if k.auto && !want[k] {
+					stop()
+					delete(watches, k)
+					delete(r.results, k)
+				}
+			}
+		}
+		if !synced {
+			synced = (!c.cfg.AutoRoutes || r.catalog != nil) && len(r.results) == len(watches)
+		}
+		snap := r.snapshotLocked()
+		r.mu.Unlock()
+		snap.Synced = synced
+		if last == nil || !snap.Equal(*last) {
+			last = &snap
+			c.log.Info("consul routes changed", "routes", describe(snap))
+			publish(snap)
+		}
+	}
+}
+
+func describe(s Snapshot) string {
+	var b strings.Builder
+	for _, route := range slices.Sorted(maps.Keys(s.Routes)) {
+		if b.Len() > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%s: %d", route, len(s.Routes[route]))
+	}
+	return b.String()
+}
+
+func (r *consulRun) snapshotLocked() Snapshot {
+	snap := Snapshot{Routes: map[string][]Endpoint{}}
+	for _, rt := range r.c.cfg.Routes {
+		k := watchKey{service: rt.Service, tags: strings.Join(rt.Tags, "\x00")}
+		eps := snap.Routes[rt.Route]
+		for _, e := range r.results[k] {
+			eps = append(eps, endpointOf(e))
+		}
+		snap.Routes[rt.Route] = eps
+	}
+	prefix := r.c.cfg.RouteTag + "="
+	for k, entries := range r.results {
+		if !k.auto {
+			continue
+		}
+		for _, e := range entries {
+			for _, tag := range e.Service.Tags {
+				if route, ok := strings.CutPrefix(tag, prefix); ok && route != "" {
+					snap.Routes[route] = append(snap.Routes[route], endpointOf(e))
+				}
+			}
+		}
+	}
+	for route, eps := range snap.Routes {
+		snap.Routes[route] = sortEndpoints(eps)
+	}
+	return snap
+}
+
+func endpointOf(e *api.ServiceEntry) Endpoint {
+	host := e.Service.Address
+	if host == "" {
+		host = e.Node.Address
+	}
+	w := e.Service.Weights.Passing
+	if w < 1 {
+		w = 1
+	}
+	return Endpoint{
+		Addr:   net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
+		Weight: w,
+		Tags:   e.Service.Tags,
+		Meta:   e.Service.Meta,
+	}
+}
+
+func (r *consulRun) watchCatalog(ctx context.Context) {
+	prefix := r.c.cfg.RouteTag + "="
+	blockingLoop(ctx, r.c, "catalog services", func(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
+		return r.c.client.Catalog().Services(q)
+	}, func(services map[string][]string) {
+		found := map[string]bool{}
+		for svc, tags := range services {
+			for _, t := range tags {
+				if strings.HasPrefix(t, prefix) {
+					found[svc] = true
+					break
+				}
+			}
+		}
+		r.mu.Lock()
+		r.catalog = found
+		r.mu.Unlock()
+		r.wake()
+	})
+}
+
+func (r *consulRun) watchService(ctx context.Context, k watchKey) {
+	var tags []string
+	if k.tags != "" {
+		tags = strings.Split(k.tags, "\x00")
+	}
+	passing := !r.c.cfg.AllowUnhealthy
+	blockingLoop(ctx, r.c, "health of "+k.service, func(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+		return r.c.client.Health().ServiceMultipleTags(k.service, tags, passing, q)
+	}, func(entries []*api.ServiceEntry) {
+		r.mu.Lock()
+		if ctx.Err() == nil {
+			r.results[k] = entries
+		}
+		r.mu.Unlock()
+		r.wake()
+	})
+}
+
+// blockingLoop runs one Consul blocking query after another, the way
+// consul-template does: the index resets when it goes backwards (Consul
+// restarted or lost its state), an answer with an unchanged index is a
+// timeout and is skipped, a short jittered pause separates queries so that
+// a flapping service cannot make the gateway hammer the agent, and errors
+// back off exponentially while the last good answer stays in use.
+func blockingLoop[T any](ctx context.Context, c *Consul, what string, query func(*api.QueryOptions) (T, *api.QueryMeta, error), report func(T)) {
+	var index uint64
+	failures := 0
+	for {
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: c.cfg.WaitTime}).WithContext(ctx)
+		start := time.Now()
+		v, meta, err := query(q)
+		if ctx.Err() != nil {
+			return
+		}
+		if c.cfg.OnQuery != nil {
+			c.cfg.OnQuery(what, time.Since(start), err)
+		}
+		if err != nil {
+			failures++
+			d := retryDelay(c.cfg.RetryBase, c.cfg.RetryMax, failures)
+			if failures == 1 {
+				c.log.Warn("consul query failed; routing with the last known backends", "query", what, "err", err, "retry_in", d)
+			} else {
+				c.log.Debug("consul query failed again", "query", what, "err", err, "failures", failures, "retry_in", d)
+			}
+			if !sleep(ctx, d) {
+				return
+			}
+			continue
+		}
+		if failures > 0 {
+			c.log.Info("consul reachable again", "query", what, "after_failures", failures)
+			failures = 0
+		}
+		switch {
+		case meta.LastIndex < index:
+			// Consul's index went backwards: start over with a fresh read.
+			index = 0
+			report(v)
+		case meta.LastIndex == index:
+			// The wait timed out with nothing new.
+		default:
+			index = meta.LastIndex
+			report(v)
+		}
+		if index == 0 {
+			// A zero index would make the next query return at once.
+			index = 1
+		}
+		if !sleep(ctx, time.Duration(5+rand.IntN(20))*time.Millisecond) {
+			return
+		}
+	}
+}
+
+func retryDelay(base, max time.Duration, failures int) time.Duration {
+	d := base
+	for i := 1; i < failures && d < max; i++ {
+		d *= 2
+	}
+	d = min(d, max)
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

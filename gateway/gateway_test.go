@@ -1,0 +1,105 @@
+package gateway_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/healthgate/healthgate/config"
+	"github.com/healthgate/healthgate/gateway"
+	"github.com/healthgate/healthgate/internal/testutil"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// harness is a running gateway.
+type harness struct {
+	g    *gateway.Gateway
+	addr string
+}
+
+// startGateway runs a gateway on a free loopback port until the test ends.
+func startGateway(t *testing.T, cfg config.Config) *harness {
+	t.Helper()
+	if cfg.Shutdown.DrainDelay == 0 {
+		cfg.Shutdown.DrainDelay = time.Millisecond
+	}
+	g, err := gateway.New(cfg, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx, lis) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("gateway Run: %v", err)
+		}
+	})
+	return &harness{g: g, addr: lis.Addr().String()}
+}
+
+// routable waits until route has n routable backends.
+func (h *harness) routable(t *testing.T, route string, n int) {
+	t.Helper()
+	testutil.WaitFor(t, 10*time.Second, "route "+route+" to have routable backends", func() bool {
+		st := h.g.State()
+		if st == nil {
+			return false
+		}
+		r, ok := st.Routes[route]
+		return ok && r.Routable() == n
+	})
+}
+
+func TestB10_NoRoutableBackendIsUnavailableAtOnce(t *testing.T) {
+	b := testutil.StartBackend(t)
+	b.Health.SetServingStatus("test.Svc", healthpb.HealthCheckResponse_NOT_SERVING)
+	h := startGateway(t, config.Config{Routes: []config.Route{{Service: "test.Svc", Backends: []string{b.Addr}}}})
+	testutil.WaitFor(t, 10*time.Second, "the backend's NOT_SERVING to be known", func() bool {
+		st := h.g.State()
+		return st != nil && len(st.Routes["test.Svc"].Backends) == 1 &&
+			st.Routes["test.Svc"].Backends[0].Status == healthpb.HealthCheckResponse_NOT_SERVING
+	})
+	cc := testutil.Dial(t, h.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x"))
+	st := status.Convert(err)
+	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), `no healthy upstream for route "test.Svc"`) {
+		t.Fatalf("got %v, want UNAVAILABLE naming the route", err)
+	}
+	select {
+	case <-b.Started():
+		t.Fatal("a backend stream was opened for a call that had no routable backend")
+	default:
+	}
+}
+
+func TestB11_UnroutedServiceIsUnimplemented(t *testing.T) {
+	b := testutil.StartBackend(t)
+	h := startGateway(t, config.Config{Routes: []config.Route{{Service: "test.Svc", Backends: []string{b.Addr}}}})
+	h.routable(t, "test.Svc", 1)
+	cc := testutil.Dial(t, h.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); err != nil {
+		t.Fatalf("routed service: %v", err)
+	}
+	_, err := testutil.Unary(ctx, cc, "/other.Svc/Echo", []byte("x"))
+	if st := status.Convert(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "other.Svc") {
+		t.Fatalf("got %v, want UNIMPLEMENTED naming other.Svc", err)
+	}
+}

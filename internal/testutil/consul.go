@@ -1,0 +1,158 @@
+package testutil
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Consul is a real `consul agent -dev` on loopback ports of its own.
+type Consul struct {
+	// Addr is the agent's HTTP API address, host:port.
+	Addr string
+
+	bin   string
+	ports [4]int // http, serf lan, serf wan, server rpc
+	t     testing.TB
+	mu    sync.Mutex
+	cmd   *exec.Cmd // guarded by mu
+	out   *bytes.Buffer
+	exit  chan struct{}
+}
+
+// ConsulBinary finds the consul binary: $HEALTHGATE_CONSUL, or the one
+// scripts/consul.sh builds into the cache (building it if it must). A test
+// that needs Consul fails when neither works: CI must not go green without it.
+func ConsulBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("HEALTHGATE_CONSUL"); p != "" {
+		return p
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatalf("consul: %v", err)
+	}
+	out, err := exec.Command(filepath.Join(root, "scripts", "consul.sh")).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("consul: scripts/consul.sh failed: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatalf("consul: scripts/consul.sh: %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "tools", "consul", "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("module root with tools/consul not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// StartConsul starts a dev agent, waits until it has a leader, and stops it
+// at the end of the test.
+func StartConsul(t testing.TB) *Consul {
+	t.Helper()
+	c := &Consul{bin: ConsulBinary(t), t: t}
+	for i := range c.ports {
+		c.ports[i] = FreePort(t)
+	}
+	c.Addr = fmt.Sprintf("127.0.0.1:%d", c.ports[0])
+	c.Start()
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// Start (re)starts the agent on the same ports. A dev agent keeps nothing
+// across restarts, like a Consul that lost its state.
+func (c *Consul) Start() {
+	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd != nil {
+		c.t.Fatal("consul: already running")
+	}
+	c.out = new(bytes.Buffer)
+	cmd := exec.Command(c.bin, "agent", "-dev",
+		"-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", strconv.Itoa(c.ports[0]),
+		"-serf-lan-port", strconv.Itoa(c.ports[1]),
+		"-serf-wan-port", strconv.Itoa(c.ports[2]),
+		"-server-port", strconv.Itoa(c.ports[3]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+		"-log-level", "warn",
+	)
+	cmd.Stdout, cmd.Stderr = c.out, c.out
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("consul: start %s: %v", c.bin, err)
+	}
+	c.cmd = cmd
+	c.exit = make(chan struct{})
+	go func(exit chan struct{}) { cmd.Wait(); close(exit) }(c.exit) //nolint:errcheck // a killed agent exits non-zero
+	c.t.Logf("consul: started a real consul agent -dev (pid %d) on %s", cmd.Process.Pid, c.Addr)
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + c.Addr + "/v1/status/leader")
+		if err == nil {
+			var b bytes.Buffer
+			b.ReadFrom(resp.Body) //nolint:errcheck // an empty body means no leader yet
+			resp.Body.Close()
+			if resp.StatusCode == 200 && len(bytes.Trim(b.Bytes(), "\" \n")) > 0 {
+				return
+			}
+		}
+		select {
+		case <-c.exit:
+			c.t.Fatalf("consul: agent exited early:\n%s", c.out)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("consul: no leader within 30s:\n%s", c.out)
+		}
+	}
+}
+
+// Stop kills the agent and waits for it to exit.
+func (c *Consul) Stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil {
+		return
+	}
+	c.cmd.Process.Kill() //nolint:errcheck // it may have exited already
+	<-c.exit
+	c.cmd = nil
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
