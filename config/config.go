@@ -158,7 +158,7 @@ func Parse(data []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
+		return nil, nameFields(data, err)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -260,4 +260,68 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("proxy.max_response_bytes: must not be negative, got %d", c.Proxy.MaxResponseBytes)
 	}
 	return nil
+}
+
+// nameFields adds the field path to yaml's type errors, which name only a
+// line: "line 3: cannot unmarshal ..." becomes "health.drain_grace (line 3):
+// cannot unmarshal ...".
+func nameFields(data []byte, err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	var root yaml.Node
+	if yaml.Unmarshal(data, &root) != nil {
+		return err
+	}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, m := range te.Errors {
+		var line int
+		if _, scanErr := fmt.Sscanf(m, "line %d:", &line); scanErr == nil {
+			if path := pathAt(&root, line, ""); path != "" {
+				_, rest, _ := strings.Cut(m, ":")
+				m = fmt.Sprintf("%s (line %d):%s", path, line, rest)
+			}
+		}
+		msgs = append(msgs, m)
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+// pathAt finds the deepest key or item at line and returns its path, such as
+// routes[1].policy.
+func pathAt(n *yaml.Node, line int, prefix string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if p := pathAt(c, line, prefix); p != "" {
+				return p
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			path := k.Value
+			if prefix != "" {
+				path = prefix + "." + k.Value
+			}
+			if p := pathAt(v, line, path); p != "" {
+				return p
+			}
+			if k.Line == line {
+				return path
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			path := fmt.Sprintf("%s[%d]", prefix, i)
+			if p := pathAt(c, line, path); p != "" {
+				return p
+			}
+			if c.Line == line && c.Kind == yaml.ScalarNode {
+				return path
+			}
+		}
+	}
+	return ""
 }

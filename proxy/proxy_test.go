@@ -593,3 +593,14 @@ func openFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+func serveB(b *testing.B, p *proxy.Proxy) string {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := grpc.NewServer(p.ServerOptions()...)
+	go srv.Serve(lis) //nolint:errcheck // ends with Stop
+	b.Cleanup(srv.Stop)
+	return lis.Addr().String()
+}

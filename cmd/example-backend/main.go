@@ -1,0 +1,80 @@
+// Command example-backend runs one backend of the healthgate example: the
+// login service from the gRPC health checking article. A wrong password flips
+// it to NOT_SERVING; GET or POST /update on the HTTP address flips it back.
+// With -consul it registers itself so the gateway can discover it.
+//
+// Two backends for the demo:
+//
+//	example-backend -grpc 127.0.0.1:8080 -http 127.0.0.1:8082
+//	example-backend -grpc 127.0.0.1:8081 -http 127.0.0.1:8083
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/healthgate/healthgate/example/authserver"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintf(os.Stderr, "example-backend: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run is separate from main so that every deferred cleanup runs before the
+// exit code is chosen.
+func run(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("example-backend", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	grpcAddr := fs.String("grpc", "127.0.0.1:8080", "gRPC listen `address` (also what Consul advertises)")
+	httpAddr := fs.String("http", "127.0.0.1:8082", "HTTP `address` for /update and /status; empty disables it")
+	consulAddr := fs.String("consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul agent HTTP `address` to register with, from $CONSUL_HTTP_ADDR if set; empty skips registration")
+	token := fs.String("token", os.Getenv("CONSUL_HTTP_TOKEN"), "Consul ACL `token`, from $CONSUL_HTTP_TOKEN if set")
+	name := fs.String("name", authserver.DefaultServiceName, "Consul service `name`")
+	id := fs.String("id", "", "Consul service `id` (default name-host-port)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	srv, err := authserver.New(authserver.Config{
+		GRPCAddr:    *grpcAddr,
+		HTTPAddr:    *httpAddr,
+		ConsulAddr:  *consulAddr,
+		ConsulToken: *token,
+		ServiceName: *name,
+		ServiceID:   *id,
+		Logger:      logger,
+	})
+	if err != nil {
+		return fmt.Errorf("start backend: %w", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// Restore default signal handling once stopping begins, so a second
+	// Ctrl-C kills a backend stuck in its shutdown bound.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	if err := srv.Run(ctx); err != nil {
+		return fmt.Errorf("run backend on %s: %w", srv.GRPCAddr(), err)
+	}
+	return nil
+}
