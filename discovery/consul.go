@@ -127,9 +127,9 @@ type consulRun struct {
 	poke chan struct{}
 
 	mu sync.Mutex // guards the fields below
-	// catalog is the set of services carrying route tags; nil until the
-	// catalog query first answers.
-	catalog map[string]bool
+	// catalog maps each service carrying route tags to the routes its tags
+	// name; nil until the catalog query first answers.
+	catalog map[string][]string
 	// results holds each watch's latest instances; a key is present once
 	// its query has answered.
 	results map[watchKey][]*api.ServiceEntry
@@ -236,6 +236,15 @@ func (r *consulRun) snapshotLocked() Snapshot {
 		}
 		snap.Routes[rt.Route] = eps
 	}
+	// A route tagged in the catalog exists even while none of its instances
+	// passes: its calls are UNAVAILABLE, not UNIMPLEMENTED.
+	for _, routes := range r.catalog {
+		for _, route := range routes {
+			if _, ok := snap.Routes[route]; !ok {
+				snap.Routes[route] = nil
+			}
+		}
+	}
 	prefix := r.c.cfg.RouteTag + "="
 	for k, entries := range r.results {
 		if !k.auto {
@@ -277,12 +286,11 @@ func (r *consulRun) watchCatalog(ctx context.Context) {
 	blockingLoop(ctx, r.c, "catalog services", func(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
 		return r.c.client.Catalog().Services(q)
 	}, func(services map[string][]string) {
-		found := map[string]bool{}
+		found := map[string][]string{}
 		for svc, tags := range services {
 			for _, t := range tags {
-				if strings.HasPrefix(t, prefix) {
-					found[svc] = true
-					break
+				if route, ok := strings.CutPrefix(t, prefix); ok && route != "" {
+					found[svc] = append(found[svc], route)
 				}
 			}
 		}
@@ -332,6 +340,10 @@ func blockingLoop[T any](ctx context.Context, c *Consul, what string, query func
 		}
 		if err != nil {
 			failures++
+			// The agent may come back with a fresh state whose index is
+			// below ours; a query waiting for our old index would then
+			// block for the whole WaitTime. Start over with a plain read.
+			index = 0
 			d := retryDelay(c.cfg.RetryBase, c.cfg.RetryMax, failures)
 			if failures == 1 {
 				c.log.Warn("consul query failed; routing with the last known backends", "query", what, "err", err, "retry_in", d)
@@ -359,7 +371,7 @@ func blockingLoop[T any](ctx context.Context, c *Consul, what string, query func
 			report(v)
 		}
 		if index == 0 {
-			// A zero index would make the next query return at once.
+			// A zero index would make every next query return at once.
 			index = 1
 		}
 		if !sleep(ctx, time.Duration(5+rand.IntN(20))*time.Millisecond) {

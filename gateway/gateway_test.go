@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -28,10 +29,15 @@ type harness struct {
 // startGateway runs a gateway on a free loopback port until the test ends.
 func startGateway(t *testing.T, cfg config.Config) *harness {
 	t.Helper()
+	return startGatewayLog(t, cfg, testutil.Logger(t))
+}
+
+func startGatewayLog(t *testing.T, cfg config.Config, logger *slog.Logger) *harness {
+	t.Helper()
 	if cfg.Shutdown.DrainDelay == 0 {
 		cfg.Shutdown.DrainDelay = time.Millisecond
 	}
-	g, err := gateway.New(cfg, testutil.Logger(t))
+	g, err := gateway.New(cfg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

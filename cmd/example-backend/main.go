@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/healthgate/healthgate/example/authserver"
 )
@@ -44,6 +45,7 @@ func run(args []string, stderr io.Writer) error {
 	token := fs.String("token", os.Getenv("CONSUL_HTTP_TOKEN"), "Consul ACL `token`, from $CONSUL_HTTP_TOKEN if set")
 	name := fs.String("name", authserver.DefaultServiceName, "Consul service `name`")
 	id := fs.String("id", "", "Consul service `id` (default name-host-port)")
+	drain := fs.Duration("drain", 500*time.Millisecond, "on stop, how long to keep serving after deregistering and reporting NOT_SERVING")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -59,6 +61,7 @@ func run(args []string, stderr io.Writer) error {
 		ConsulToken: *token,
 		ServiceName: *name,
 		ServiceID:   *id,
+		DrainDelay:  *drain,
 		Logger:      logger,
 	})
 	if err != nil {

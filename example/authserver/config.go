@@ -42,6 +42,10 @@ type Config struct {
 	// CheckInterval is the interval of the Consul gRPC check;
 	// DefaultCheckInterval if zero.
 	CheckInterval time.Duration
+	// DrainDelay is how long the backend keeps serving after it has left
+	// Consul and reported NOT_SERVING, before it stops accepting calls: the
+	// time a load balancer needs to hear of it. Zero means stop at once.
+	DrainDelay time.Duration
 	// Logger receives status changes and lifecycle events; nil discards them.
 	Logger *slog.Logger
 }
@@ -63,6 +67,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			errs = append(errs, fmt.Errorf("http address %q: %w", c.HTTPAddr, err))
 		}
+	}
+	if c.DrainDelay < 0 {
+		errs = append(errs, fmt.Errorf("drain delay %s: must not be negative", c.DrainDelay))
 	}
 	if c.CheckInterval < 0 {
 		errs = append(errs, fmt.Errorf("check interval %s: must not be negative", c.CheckInterval))

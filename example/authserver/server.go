@@ -327,6 +327,14 @@ func (s *Server) shutdown(ctx context.Context, registered bool) {
 	s.health.Shutdown()
 	s.mu.Unlock()
 
+	if d := s.cfg.DrainDelay; d > 0 {
+		// Calls picked for this backend before the NOT_SERVING reached the
+		// balancer are still on their way; GracefulStop would refuse them.
+		s.log.Info("draining", "delay", d)
+		t := time.NewTimer(d)
+		<-t.C
+	}
+
 	stopped := make(chan struct{})
 	go func() {
 		s.grpcSrv.GracefulStop()
@@ -369,6 +377,10 @@ func (s *Server) register(ctx context.Context) error {
 			Interval:                       s.cfg.CheckInterval.String(),
 			Timeout:                        "1s",
 			DeregisterCriticalServiceAfter: "1m",
+			// The server is already serving when it registers: starting
+			// critical would only keep it out of rotation until the first
+			// check, up to an interval later.
+			Status: consul.HealthPassing,
 		},
 	}
 	rctx, cancel := context.WithTimeout(ctx, consulTimeout)

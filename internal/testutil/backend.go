@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -325,4 +326,50 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// LogRecorder is a slog.Handler that keeps every message and passes each
+// record on to the test's log.
+type LogRecorder struct {
+	slog.Handler
+	mu   *sync.Mutex
+	msgs *[]slog.Record
+}
+
+// NewLogRecorder returns a recorder and a logger that writes to it.
+func NewLogRecorder(t testing.TB) (*LogRecorder, *slog.Logger) {
+	r := &LogRecorder{Handler: Logger(t).Handler(), mu: new(sync.Mutex), msgs: new([]slog.Record)}
+	return r, slog.New(r)
+}
+
+// Handle records r.
+func (r *LogRecorder) Handle(ctx context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	*r.msgs = append(*r.msgs, rec.Clone())
+	r.mu.Unlock()
+	return r.Handler.Handle(ctx, rec)
+}
+
+// WithAttrs keeps recording into the same list.
+func (r *LogRecorder) WithAttrs(as []slog.Attr) slog.Handler {
+	return &LogRecorder{Handler: r.Handler.WithAttrs(as), mu: r.mu, msgs: r.msgs}
+}
+
+// WithGroup keeps recording into the same list.
+func (r *LogRecorder) WithGroup(name string) slog.Handler {
+	return &LogRecorder{Handler: r.Handler.WithGroup(name), mu: r.mu, msgs: r.msgs}
+}
+
+// Count returns how many records at level or above contain substr in their
+// message.
+func (r *LogRecorder) Count(level slog.Level, substr string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, rec := range *r.msgs {
+		if rec.Level >= level && strings.Contains(rec.Message, substr) {
+			n++
+		}
+	}
+	return n
 }

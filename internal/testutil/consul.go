@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 )
 
 // Consul is a real `consul agent -dev` on loopback ports of its own.
@@ -28,6 +30,7 @@ type Consul struct {
 	cmd   *exec.Cmd // guarded by mu
 	out   *bytes.Buffer
 	exit  chan struct{}
+	extra []string
 }
 
 // ConsulBinary finds the consul binary: $HEALTHGATE_CONSUL, or the one
@@ -71,10 +74,10 @@ func moduleRoot() (string, error) {
 }
 
 // StartConsul starts a dev agent, waits until it has a leader, and stops it
-// at the end of the test.
-func StartConsul(t testing.TB) *Consul {
+// at the end of the test. extra are more agent flags (-hcl ...).
+func StartConsul(t testing.TB, extra ...string) *Consul {
 	t.Helper()
-	c := &Consul{bin: ConsulBinary(t), t: t}
+	c := &Consul{bin: ConsulBinary(t), t: t, extra: extra}
 	for i := range c.ports {
 		c.ports[i] = FreePort(t)
 	}
@@ -103,6 +106,7 @@ func (c *Consul) Start() {
 		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
 		"-log-level", "warn",
 	)
+	cmd.Args = append(cmd.Args, c.extra...)
 	cmd.Stdout, cmd.Stderr = c.out, c.out
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("consul: start %s: %v", c.bin, err)
@@ -155,4 +159,49 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Client is an API client for the agent with token (may be empty).
+func (c *Consul) Client(t testing.TB, token string) *api.Client {
+	t.Helper()
+	client, err := api.NewClient(&api.Config{Address: c.Addr, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
+// Register registers a service instance through the agent API. It retries
+// for a few seconds: an agent with ACLs on refuses writes until its ACL
+// system has bootstrapped, a moment after it has a leader.
+func (c *Consul) Register(t testing.TB, token string, reg *api.AgentServiceRegistration) {
+	t.Helper()
+	var err error
+	WaitFor(t, 15*time.Second, "consul to accept registration of "+reg.ID, func() bool {
+		err = c.Client(t, token).Agent().ServiceRegister(reg)
+		return err == nil
+	})
+}
+
+// CLI runs the consul command against the agent, as an operator would.
+func (c *Consul) CLI(t testing.TB, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(c.bin, args...)
+	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR="+c.Addr)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("consul %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// RouteReg is a registration of addr with the route tag for svc, the way an
+// example backend registers itself, with no Consul check (so it passes).
+func RouteReg(id, consulName, addr, svc string, tags ...string) *api.AgentServiceRegistration {
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	return &api.AgentServiceRegistration{
+		ID: id, Name: consulName, Address: host, Port: p,
+		Tags: append([]string{"healthgate.route=" + svc}, tags...),
+	}
 }
