@@ -226,8 +226,13 @@ type loginBackend struct {
 
 func startLogin(t *testing.T, consulAddr, id string, drain time.Duration) *loginBackend {
 	t.Helper()
+	return startLoginAt(t, consulAddr, id, "127.0.0.1:0", drain)
+}
+
+func startLoginAt(t *testing.T, consulAddr, id, grpcAddr string, drain time.Duration) *loginBackend {
+	t.Helper()
 	srv, err := authserver.New(authserver.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ConsulAddr: consulAddr,
+		GRPCAddr: grpcAddr, HTTPAddr: "127.0.0.1:0", ConsulAddr: consulAddr,
 		ServiceID: id, DrainDelay: drain, Logger: testutil.Logger(t).With("backend", id),
 	})
 	if err != nil {
@@ -368,8 +373,9 @@ func TestB51_RollingRestartLosesNothing(t *testing.T) {
 		before := ok.Load()
 		// Stop: deregister, NOT_SERVING, drain, graceful stop.
 		backends[i].shutdown()
-		// Start a new one in its place; it registers itself.
-		backends[i] = startLogin(t, c.Addr, fmt.Sprintf("r-%d-new", i), drain)
+		// Start it again on the same address; it registers itself.
+		addr := backends[i].srv.GRPCAddr()
+		backends[i] = startLoginAt(t, c.Addr, fmt.Sprintf("r-%d", i), addr, drain)
 		h.routable(t, authserver.HealthService, 3)
 		if ok.Load() == before {
 			t.Fatalf("no call succeeded while backend %d restarted", i)
