@@ -48,6 +48,10 @@ type watch struct {
 	unimplementedLogged bool
 }
 
+// waitingReason is the reason of a connected backend whose Watch has not
+// answered yet.
+const waitingReason = "waiting for the first health response"
+
 type health struct {
 	routable bool
 	status   healthpb.HealthCheckResponse_ServingStatus
@@ -114,6 +118,9 @@ func (b *backend) setConn(st connectivity.State) {
 		b.connReason = ""
 		b.log.Info("backend connected")
 		for svc, w := range b.watches {
+			// The reason still names the connection state; until the new
+			// Watch answers, what the backend waits for is that answer.
+			w.set(healthpb.HealthCheckResponse_UNKNOWN, false, waitingReason)
 			b.startLocked(svc, w)
 		}
 	} else {
@@ -142,7 +149,7 @@ func (b *backend) setServices(svcs map[string]bool) {
 		}
 		reason := b.connReason
 		if reason == "" {
-			reason = "waiting for the first health response"
+			reason = waitingReason
 		}
 		w := &watch{h: health{status: healthpb.HealthCheckResponse_UNKNOWN, reason: reason, since: time.Now()}}
 		b.watches[svc] = w
