@@ -41,10 +41,10 @@ run: build consul
 	$(BIN)/healthgate-demo -consul-bin $(CONSUL) -bin $(BIN) -keep
 
 bench:
-	$(GO) run ./bench/cmd/bench -mode full
+	cd bench && $(GO) run ./cmd/bench -mode full $(BENCHFLAGS)
 
 bench-quick:
-	$(GO) run ./bench/cmd/bench -mode quick
+	cd bench && $(GO) run ./cmd/bench -mode quick $(BENCHFLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"google.golang.org/grpc"
@@ -50,6 +51,8 @@ type Config struct {
 	Policies map[string]Policy
 	// Default is the policy of unlisted routes; "" means RoundRobin.
 	Default Policy
+	// OnRebuild, if set, is told each time a route's picker is rebuilt.
+	OnRebuild func(route string, routable int)
 }
 
 // Validate reports the first policy that is not known.
@@ -79,6 +82,21 @@ func (e *Endpoint) Addr() string { return e.addr }
 
 // InFlight is the number of calls picked for the endpoint and not yet done.
 func (e *Endpoint) InFlight() int64 { return e.inflight.Load() }
+
+// InFlight is the number of calls in flight on the backend behind conn, as
+// far as the current pickers know it.
+func (b *Balancer) InFlight(conn *grpc.ClientConn) int64 {
+	if t := b.table.Load(); t != nil {
+		for _, p := range t.routes {
+			for _, ep := range p.eps {
+				if ep.ClientConn == conn {
+					return ep.InFlight()
+				}
+			}
+		}
+	}
+	return 0
+}
 
 // Done ends a call picked for the endpoint.
 func (e *Endpoint) Done(error) { e.inflight.Add(-1) }
@@ -128,9 +146,14 @@ type table struct {
 
 // Balancer picks a backend per call.
 type Balancer struct {
-	cfg   Config
 	log   *slog.Logger
 	table atomic.Pointer[table]
+
+	// mu serialises Update and SetConfig; Pick never takes it.
+	mu  sync.Mutex
+	cfg Config
+	// last is the last state given to Update, to rebuild from on SetConfig.
+	last *healthcheck.State
 	// endpoints outlive pickers so that in-flight counts survive rebuilds.
 	// Only Update touches it, from one goroutine.
 	endpoints map[*grpc.ClientConn]*Endpoint
@@ -162,9 +185,30 @@ func New(cfg Config, logger *slog.Logger) (*Balancer, error) {
 	return b, nil
 }
 
-// Update rebuilds the pickers of routes whose routable backends changed. It
-// must not be called concurrently with itself.
+// SetConfig changes the policies; every picker is rebuilt at once.
+func (b *Balancer) SetConfig(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("balancer: %w", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cfg = cfg
+	b.routable = map[string][]routableKey{}
+	if b.last != nil {
+		b.updateLocked(b.last, true)
+	}
+	return nil
+}
+
+// Update rebuilds the pickers of routes whose routable backends changed.
 func (b *Balancer) Update(st *healthcheck.State) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.last = st
+	b.updateLocked(st, false)
+}
+
+func (b *Balancer) updateLocked(st *healthcheck.State, all bool) {
 	old := b.table.Load()
 	t := &table{routes: make(map[string]*picker, len(st.Routes))}
 	live := map[*grpc.ClientConn]bool{}
@@ -180,9 +224,12 @@ func (b *Balancer) Update(st *healthcheck.State) {
 			}
 		}
 		p, ok := old.routes[name]
-		if !ok || !slices.Equal(keys, b.routable[name]) {
+		if !ok || all || !slices.Equal(keys, b.routable[name]) {
 			p = b.build(name, keys)
 			b.log.Debug("picker rebuilt", "route", name, "routable", len(keys))
+			if b.cfg.OnRebuild != nil {
+				b.cfg.OnRebuild(name, len(keys))
+			}
 		}
 		b.routable[name] = keys
 		t.routes[name] = p

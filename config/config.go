@@ -24,8 +24,17 @@ import (
 type Config struct {
 	// Listen is the gRPC address clients call. Default 127.0.0.1:9000.
 	Listen string `yaml:"listen"`
-	// Admin is the HTTP admin address; empty means no admin listener.
+	// Admin is the HTTP admin address (/healthz, /readyz, /metrics,
+	// /backends, the status page); empty means no admin listener. A host
+	// that is not loopback must be allowed with AdminPublic; a bare
+	// ":port" binds to 127.0.0.1.
 	Admin string `yaml:"admin"`
+	// AdminPublic allows an admin address that is not loopback.
+	AdminPublic bool `yaml:"admin_public"`
+	// Pprof serves /debug/pprof/ on the admin address. Off by default.
+	Pprof bool `yaml:"pprof"`
+	// Register, when enabled, registers the gateway itself in Consul.
+	Register Register `yaml:"register"`
 	Log   Log    `yaml:"log"`
 	// Consul, when its address is set, discovers backends.
 	Consul Consul  `yaml:"consul"`
@@ -34,6 +43,21 @@ type Config struct {
 	Health Health  `yaml:"health"`
 	// Shutdown tunes the drain on SIGTERM.
 	Shutdown Shutdown `yaml:"shutdown"`
+}
+
+// Register is the gateway's own registration in Consul, with a Consul gRPC
+// check against its aggregated health (""); it deregisters when it drains.
+type Register struct {
+	Enabled bool `yaml:"enabled"`
+	// Name is the Consul service name. Default "healthgate".
+	Name string `yaml:"name"`
+	// ID defaults to name-host-port.
+	ID string `yaml:"id"`
+	// Address advertised to Consul; default the listen address's host.
+	Address string   `yaml:"address"`
+	Tags    []string `yaml:"tags"`
+	// Interval of the Consul gRPC check. Default 5s.
+	Interval time.Duration `yaml:"interval"`
 }
 
 // Log chooses the log output.
@@ -171,6 +195,15 @@ func (c *Config) ApplyDefaults() {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
+	if host, port, err := net.SplitHostPort(c.Admin); err == nil && host == "" {
+		c.Admin = net.JoinHostPort("127.0.0.1", port)
+	}
+	if c.Register.Name == "" {
+		c.Register.Name = "healthgate"
+	}
+	if c.Register.Interval == 0 {
+		c.Register.Interval = 5 * time.Second
+	}
 	if c.Consul.RouteTag == "" {
 		c.Consul.RouteTag = DefaultRouteTag
 	}
@@ -196,6 +229,12 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("%s: %q is not host:port: %w", a.field, a.addr, err)
 			}
 		}
+	}
+	if host, _, err := net.SplitHostPort(c.Admin); err == nil && host != "" && !c.AdminPublic && !isLoopback(host) {
+		return fmt.Errorf("admin: %q is not a loopback address; set admin_public: true (or -admin-public) to serve the admin endpoint beyond this host", c.Admin)
+	}
+	if c.Register.Enabled && c.Consul.Address == "" {
+		return errors.New("register.enabled: needs consul.address")
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "", "debug", "info", "warn", "error":
@@ -248,6 +287,7 @@ func (c *Config) Validate() error {
 		{"health.drain_grace", c.Health.DrainGrace},
 		{"shutdown.drain_delay", c.Shutdown.DrainDelay},
 		{"shutdown.grace", c.Shutdown.Grace},
+		{"register.interval", c.Register.Interval},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("%s: must not be negative, got %s", d.field, d.v)
@@ -324,4 +364,12 @@ func pathAt(n *yaml.Node, line int, prefix string) string {
 		}
 	}
 	return ""
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -41,8 +41,10 @@ type ConsulConfig struct {
 	// RetryBase and RetryMax bound the backoff while Consul is unreachable.
 	// Zero means 250ms and 10s.
 	RetryBase, RetryMax time.Duration
-	// OnQuery, if set, is told of every query's outcome (for metrics).
-	OnQuery func(what string, took time.Duration, err error)
+	// OnQuery, if set, is told of every query's outcome, for metrics:
+	// kind is "catalog" or "health"; a blocking query's duration includes
+	// its wait.
+	OnQuery func(kind string, took time.Duration, err error)
 }
 
 // ConsulRoute routes calls for Route to the instances of Consul service
@@ -278,12 +280,13 @@ func endpointOf(e *api.ServiceEntry) Endpoint {
 		Weight: w,
 		Tags:   e.Service.Tags,
 		Meta:   e.Service.Meta,
+		Status: e.Checks.AggregatedStatus(),
 	}
 }
 
 func (r *consulRun) watchCatalog(ctx context.Context) {
 	prefix := r.c.cfg.RouteTag + "="
-	blockingLoop(ctx, r.c, "catalog services", func(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
+	blockingLoop(ctx, r.c, "catalog", "catalog services", func(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
 		return r.c.client.Catalog().Services(q)
 	}, func(services map[string][]string) {
 		found := map[string][]string{}
@@ -307,7 +310,7 @@ func (r *consulRun) watchService(ctx context.Context, k watchKey) {
 		tags = strings.Split(k.tags, "\x00")
 	}
 	passing := !r.c.cfg.AllowUnhealthy
-	blockingLoop(ctx, r.c, "health of "+k.service, func(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	blockingLoop(ctx, r.c, "health", "health of "+k.service, func(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 		return r.c.client.Health().ServiceMultipleTags(k.service, tags, passing, q)
 	}, func(entries []*api.ServiceEntry) {
 		r.mu.Lock()
@@ -325,7 +328,7 @@ func (r *consulRun) watchService(ctx context.Context, k watchKey) {
 // timeout and is skipped, a short jittered pause separates queries so that
 // a flapping service cannot make the gateway hammer the agent, and errors
 // back off exponentially while the last good answer stays in use.
-func blockingLoop[T any](ctx context.Context, c *Consul, what string, query func(*api.QueryOptions) (T, *api.QueryMeta, error), report func(T)) {
+func blockingLoop[T any](ctx context.Context, c *Consul, kind, what string, query func(*api.QueryOptions) (T, *api.QueryMeta, error), report func(T)) {
 	var index uint64
 	failures := 0
 	for {
@@ -336,7 +339,7 @@ func blockingLoop[T any](ctx context.Context, c *Consul, what string, query func
 			return
 		}
 		if c.cfg.OnQuery != nil {
-			c.cfg.OnQuery(what, time.Since(start), err)
+			c.cfg.OnQuery(kind, time.Since(start), err)
 		}
 		if err != nil {
 			failures++

@@ -24,6 +24,10 @@ type Endpoint struct {
 	Weight int
 	Tags   []string
 	Meta   map[string]string
+	// Status is what the source says of the instance: "passing",
+	// "warning" or "critical" for Consul (only passing ones unless
+	// configured), "static" for the config file.
+	Status string
 }
 
 // Snapshot is everything a source knows at one moment.
@@ -47,7 +51,7 @@ func (s Snapshot) Equal(o Snapshot) bool {
 }
 
 func (e Endpoint) equal(o Endpoint) bool {
-	return e.Addr == o.Addr && e.Weight == o.Weight && slices.Equal(e.Tags, o.Tags) && maps.Equal(e.Meta, o.Meta)
+	return e.Addr == o.Addr && e.Weight == o.Weight && e.Status == o.Status && slices.Equal(e.Tags, o.Tags) && maps.Equal(e.Meta, o.Meta)
 }
 
 // Source reports the endpoints of routes.
@@ -70,7 +74,7 @@ func (s Static) Run(ctx context.Context, publish func(Snapshot)) error {
 	for route, addrs := range s {
 		eps := make([]Endpoint, 0, len(addrs))
 		for _, a := range addrs {
-			eps = append(eps, Endpoint{Addr: a, Weight: 1})
+			eps = append(eps, Endpoint{Addr: a, Weight: 1, Status: "static"})
 		}
 		snap.Routes[route] = sortEndpoints(eps)
 	}

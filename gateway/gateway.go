@@ -1,7 +1,8 @@
 // Package gateway assembles healthgate from its configuration: discovery
 // feeds health checking, whose state feeds the balancer and the gateway's
 // own health service, and the proxy forwards each call to the backend the
-// balancer picks. It runs them under one context and drains on its end.
+// balancer picks. It runs them under one context, reloads what can change
+// without a restart, and drains on its end.
 package gateway
 
 import (
@@ -9,7 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"net/http"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,12 +23,15 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/healthgate/healthgate/admin"
 	"github.com/healthgate/healthgate/balancer"
 	"github.com/healthgate/healthgate/config"
 	"github.com/healthgate/healthgate/discovery"
 	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/healthserver"
+	"github.com/healthgate/healthgate/metrics"
 	"github.com/healthgate/healthgate/proxy"
+	"github.com/healthgate/healthgate/register"
 )
 
 // Version is reported in the user-agent of backend connections.
@@ -32,20 +39,27 @@ const Version = "0.1.0"
 
 // Gateway is one running healthgate.
 type Gateway struct {
-	cfg     config.Config
 	log     *slog.Logger
-	source  discovery.Source
+	source  *discovery.Switch
 	checker *healthcheck.Checker
 	bal     *balancer.Balancer
 	health  *healthserver.Server
+	metrics *metrics.Metrics
 	srv     *grpc.Server
 	state   atomic.Pointer[healthcheck.State]
+
+	draining atomic.Bool
 	// synced is closed when the first synced state is published.
 	synced     chan struct{}
 	syncedOnce sync.Once
+
+	mu sync.Mutex // guards the fields below
+	// cfg is the config in force: the one given to New, then each reload's.
+	cfg        config.Config
+	minHealthy map[string]int
 }
 
-// New builds a gateway from cfg, which must have passed Validate.
+// New builds a gateway from cfg.
 func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("gateway: config: %w", err)
@@ -54,49 +68,73 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	g := &Gateway{cfg: cfg, log: logger, synced: make(chan struct{})}
+	g := &Gateway{log: logger, synced: make(chan struct{}), cfg: cfg}
+	var access *slog.Logger
+	if cfg.Log.Access {
+		access = logger.With("component", "access")
+	}
+	g.metrics = metrics.New(access)
+	g.metrics.Register(stateCollector{g})
 
-	src, err := sources(cfg, logger)
+	p, err := g.plan(cfg)
 	if err != nil {
 		return nil, err
 	}
-	g.source = src
-
-	hsvc := map[string]string{}
-	policies := map[string]balancer.Policy{}
-	minHealthy := map[string]int{}
-	for _, r := range cfg.Routes {
-		if r.HealthService != nil {
-			hsvc[r.Service] = *r.HealthService
-		}
-		policies[r.Service] = r.Policy
-		minHealthy[r.Service] = r.MinHealthy
-	}
+	g.source = discovery.NewSwitch(p.source)
+	g.minHealthy = p.minHealthy
 	g.checker, err = healthcheck.New(healthcheck.Config{
-		HealthServices: hsvc,
+		HealthServices: p.healthServices,
 		DialOptions:    backendDialOptions(),
 		BackoffBase:    cfg.Health.BackoffBase,
 		BackoffMax:     cfg.Health.BackoffMax,
 		DrainGrace:     cfg.Health.DrainGrace,
+		Events:         g.metrics,
 	}, logger)
 	if err != nil {
 		return nil, err
 	}
-	if g.bal, err = balancer.New(balancer.Config{Policies: policies}, logger); err != nil {
+	if g.bal, err = balancer.New(p.balancer, logger); err != nil {
 		return nil, err
 	}
-	g.health = healthserver.New(healthserver.Config{MinHealthy: minHealthy}, logger)
+	g.health = healthserver.New(healthserver.Config{MinHealthy: p.minHealthy}, logger)
 	px, err := proxy.New(proxy.Config{
 		MaxRequestBytes:  cfg.Proxy.MaxRequestBytes,
 		MaxResponseBytes: cfg.Proxy.MaxResponseBytes,
 		DefaultTimeout:   cfg.Proxy.DefaultTimeout,
+		Observer:         g.metrics,
 	}, picker{g.bal}, logger)
 	if err != nil {
 		return nil, err
 	}
-	g.srv = grpc.NewServer(px.ServerOptions()...)
+	g.srv = grpc.NewServer(append(px.ServerOptions(), serverOptions()...)...)
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	return g, nil
+}
+
+// plan is what the stages are configured with, derived from a config.
+type plan struct {
+	source         discovery.Source
+	healthServices map[string]string
+	minHealthy     map[string]int
+	balancer       balancer.Config
+}
+
+func (g *Gateway) plan(cfg config.Config) (plan, error) {
+	p := plan{healthServices: map[string]string{}, minHealthy: map[string]int{}}
+	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt}
+	for _, r := range cfg.Routes {
+		if r.HealthService != nil {
+			p.healthServices[r.Service] = *r.HealthService
+		}
+		p.balancer.Policies[r.Service] = r.Policy
+		p.minHealthy[r.Service] = r.MinHealthy
+	}
+	src, err := sources(cfg, g.log, g.metrics)
+	if err != nil {
+		return plan{}, err
+	}
+	p.source = src
+	return p, nil
 }
 
 // picker adapts the balancer to the proxy's interface; the proxy declares
@@ -111,10 +149,19 @@ func (p picker) Pick(ctx context.Context, fullMethod string) (proxy.Upstream, er
 	return ep, nil
 }
 
+func serverOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		// One write buffer per connection is held only while writing,
+		// instead of 32 KiB kept for each connection's life.
+		grpc.SharedWriteBuffer(true),
+	}
+}
+
 func backendDialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithUserAgent("healthgate/" + Version),
+		grpc.WithSharedWriteBuffer(true),
 		// A backend that restarts should be back in rotation in well under
 		// a second, not after grpc's default 1s-120s backoff.
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -127,7 +174,7 @@ func backendDialOptions() []grpc.DialOption {
 	}
 }
 
-func sources(cfg config.Config, logger *slog.Logger) (discovery.Source, error) {
+func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discovery.Source, error) {
 	var srcs []discovery.Source
 	static := discovery.Static{}
 	var consulRoutes []discovery.ConsulRoute
@@ -156,6 +203,7 @@ func sources(cfg config.Config, logger *slog.Logger) (discovery.Source, error) {
 				CAFile: cfg.Consul.TLS.CAFile, CertFile: cfg.Consul.TLS.CertFile, KeyFile: cfg.Consul.TLS.KeyFile,
 				ServerName: cfg.Consul.TLS.ServerName, InsecureSkipVerify: cfg.Consul.TLS.InsecureSkipVerify,
 			},
+			OnQuery: m.ConsulQuery,
 		}, logger)
 		if err != nil {
 			return nil, err
@@ -177,11 +225,92 @@ func (g *Gateway) State() *healthcheck.State { return g.state.Load() }
 // routed.
 func (g *Gateway) Synced() <-chan struct{} { return g.synced }
 
-// Run serves on lis until ctx ends, then drains: every health status turns
-// NOT_SERVING at once, the listener keeps accepting for the drain delay so
-// that clients notice, then it closes and calls in flight get the grace
-// period to finish. Run returns when everything it started has stopped.
+// Draining is true once the gateway has begun to shut down.
+func (g *Gateway) Draining() bool { return g.draining.Load() }
+
+// MinHealthy is the routable backends route needs to report SERVING.
+func (g *Gateway) MinHealthy(route string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n := g.minHealthy[route]; n > 0 {
+		return n
+	}
+	return 1
+}
+
+// InFlight counts the calls in flight on a backend connection.
+func (g *Gateway) InFlight(conn *grpc.ClientConn) int64 { return g.bal.InFlight(conn) }
+
+// AdminHandler serves the admin endpoint for this gateway.
+func (g *Gateway) AdminHandler() http.Handler {
+	g.mu.Lock()
+	pprof := g.cfg.Pprof
+	g.mu.Unlock()
+	return admin.Handler(admin.Config{Pprof: pprof}, g, g.metrics.Registry)
+}
+
+// Reload applies a new config to the running gateway: routes, discovery
+// filters, health-service names, minimums and policies change at once,
+// and calls in flight are not touched. Fields that only a restart can
+// change are reported in the returned list and keep their running values.
+// An invalid config is rejected whole, and the running one stays.
+func (g *Gateway) Reload(cfg config.Config) (needRestart []string, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("gateway: reload: %w", err)
+	}
+	cfg.ApplyDefaults()
+	p, err := g.plan(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: reload: %w", err)
+	}
+	if err := g.bal.SetConfig(p.balancer); err != nil {
+		return nil, fmt.Errorf("gateway: reload: %w", err)
+	}
+	g.mu.Lock()
+	old := g.cfg
+	for _, f := range []struct {
+		name     string
+		old, new any
+	}{
+		{"listen", old.Listen, cfg.Listen},
+		{"admin", old.Admin, cfg.Admin},
+		{"admin_public", old.AdminPublic, cfg.AdminPublic},
+		{"pprof", old.Pprof, cfg.Pprof},
+		{"log", old.Log, cfg.Log},
+		{"proxy", old.Proxy, cfg.Proxy},
+		{"health", old.Health, cfg.Health},
+		{"shutdown", old.Shutdown, cfg.Shutdown},
+		{"register", old.Register, cfg.Register},
+	} {
+		if !reflect.DeepEqual(f.old, f.new) {
+			needRestart = append(needRestart, f.name)
+		}
+	}
+	// Keep the running values of what needs a restart, so that what the
+	// admin endpoint and a later reload compare against is what runs.
+	kept := cfg
+	kept.Listen, kept.Admin, kept.AdminPublic, kept.Pprof = old.Listen, old.Admin, old.AdminPublic, old.Pprof
+	kept.Log, kept.Proxy, kept.Health, kept.Shutdown, kept.Register = old.Log, old.Proxy, old.Health, old.Shutdown, old.Register
+	g.cfg = kept
+	g.minHealthy = maps.Clone(p.minHealthy)
+	g.mu.Unlock()
+
+	g.health.SetMinHealthy(p.minHealthy)
+	g.checker.SetHealthServices(p.healthServices)
+	g.source.Set(p.source)
+	g.log.Info("configuration reloaded", "routes", len(cfg.Routes), "needs_restart", needRestart)
+	return needRestart, nil
+}
+
+// Run serves on lis until ctx ends, then drains: the gateway leaves Consul
+// if it registered itself, every health status turns NOT_SERVING at once,
+// the listener keeps accepting for the drain delay so that clients notice,
+// then it closes and calls in flight get the grace period to finish. Run
+// returns when everything it started has stopped.
 func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
+	g.mu.Lock()
+	cfg := g.cfg
+	g.mu.Unlock()
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	checkDone := make(chan error, 1)
@@ -191,6 +320,29 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- g.srv.Serve(lis) }()
 	g.log.Info("healthgate serving", "listen", lis.Addr().String())
+
+	var reg *register.Registration
+	if cfg.Register.Enabled {
+		addr := lis.Addr().String()
+		if cfg.Register.Address != "" {
+			_, port, _ := net.SplitHostPort(addr)
+			addr = net.JoinHostPort(cfg.Register.Address, port)
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		var err error
+		reg, err = register.Register(rctx, register.Config{
+			ConsulAddr: cfg.Consul.Address, Token: cfg.Consul.Token,
+			Name: cfg.Register.Name, ID: cfg.Register.ID, Tags: cfg.Register.Tags,
+			Addr: addr, Interval: cfg.Register.Interval,
+		})
+		cancel()
+		if err != nil {
+			// Not fatal: the gateway serves its clients either way.
+			g.log.Error("self-registration in Consul failed", "err", err)
+		} else {
+			g.log.Info("registered in Consul", "id", reg.ID())
+		}
+	}
 
 	var err error
 	select {
@@ -203,10 +355,18 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 		g.log.Error("grpc server stopped", "err", err)
 	}
 
-	g.log.Info("draining: reporting NOT_SERVING", "drain_delay", g.cfg.Shutdown.DrainDelay, "grace", g.cfg.Shutdown.Grace)
+	g.draining.Store(true)
+	if reg != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if derr := reg.Deregister(dctx); derr != nil {
+			g.log.Warn("deregistration from Consul failed", "err", derr)
+		}
+		cancel()
+	}
+	g.log.Info("draining: reporting NOT_SERVING", "drain_delay", cfg.Shutdown.DrainDelay, "grace", cfg.Shutdown.Grace)
 	g.health.Shutdown()
 	if err == nil {
-		t := time.NewTimer(g.cfg.Shutdown.DrainDelay)
+		t := time.NewTimer(cfg.Shutdown.DrainDelay)
 		<-t.C
 	}
 	g.log.Info("draining: closing the listener, waiting for calls in flight")
@@ -215,7 +375,7 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	g.health.Close()
 	stopped := make(chan struct{})
 	go func() { g.srv.GracefulStop(); close(stopped) }()
-	t := time.NewTimer(g.cfg.Shutdown.Grace)
+	t := time.NewTimer(cfg.Shutdown.Grace)
 	select {
 	case <-stopped:
 		t.Stop()

@@ -209,6 +209,9 @@ func (b *backend) report(svc string, run *int, st healthpb.HealthCheckResponse_S
 	if changed {
 		if prev != st {
 			b.log.Info("backend health changed", "service", svc, "from", prev.String(), "to", st.String(), "reason", reason)
+			if ev := b.c.cfg.Events; ev != nil {
+				ev.HealthChanged(b.addr, svc, prev, st)
+			}
 		}
 		b.c.poke()
 	}
@@ -259,6 +262,9 @@ func (b *backend) watchLoop(ctx context.Context, svc string, run *int) {
 func (b *backend) watchOnce(ctx context.Context, client healthpb.HealthClient, svc string, run *int, attempt *int) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if ev := b.c.cfg.Events; ev != nil {
+		ev.WatchStarted(b.addr, svc)
+	}
 	stream, err := client.Watch(ctx, &healthpb.HealthCheckRequest{Service: svc})
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -44,6 +45,17 @@ type Config struct {
 	// its connection for the calls still in flight on it. It gets no new
 	// calls meanwhile. Zero means 10s.
 	DrainGrace time.Duration
+	// Events, if set, is told of health transitions and Watch starts.
+	Events Events
+}
+
+// Events receives what the checker sees happen, for metrics. Methods are
+// called from the checker's goroutines and must not block.
+type Events interface {
+	// HealthChanged: the latest Watch answer of addr for svc changed.
+	HealthChanged(addr, svc string, from, to healthpb.HealthCheckResponse_ServingStatus)
+	// WatchStarted: a Watch stream was opened (first time or again).
+	WatchStarted(addr, svc string)
 }
 
 // Validate reports the first field that cannot be used.
@@ -124,6 +136,9 @@ func (r *Route) Routable() int {
 type Backend struct {
 	Addr   string
 	Weight int
+	// Discovery is the source's word on the instance (discovery.Endpoint's
+	// Status).
+	Discovery string
 	// Conn is the backend's connection, shared by all its routes.
 	Conn *grpc.ClientConn
 	// Routable: connected, and the latest Watch answer for the route's
@@ -139,7 +154,7 @@ type Backend struct {
 }
 
 func (b Backend) same(o Backend) bool {
-	return b.Addr == o.Addr && b.Weight == o.Weight && b.Conn == o.Conn &&
+	return b.Addr == o.Addr && b.Weight == o.Weight && b.Conn == o.Conn && b.Discovery == o.Discovery &&
 		b.Routable == o.Routable && b.Status == o.Status && b.Reason == o.Reason
 }
 
@@ -148,6 +163,28 @@ type Checker struct {
 	cfg   Config
 	log   *slog.Logger
 	dirty chan struct{}
+
+	mu sync.Mutex // guards hsvc
+	// hsvc is cfg.HealthServices as last set; a reload may change it.
+	hsvc map[string]string
+	// reconfigured asks the Run loop to reconcile without a new snapshot.
+	reconfigured atomic.Bool
+}
+
+// SetHealthServices replaces Config.HealthServices; Watches follow at once.
+func (c *Checker) SetHealthServices(m map[string]string) {
+	c.mu.Lock()
+	c.hsvc = maps.Clone(m)
+	c.mu.Unlock()
+	c.reconfigured.Store(true)
+	c.poke()
+}
+
+// healthService is the health-service name watched for route.
+func (c *Checker) healthService(route string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Config{HealthServices: c.hsvc}.HealthService(route)
 }
 
 // New returns a checker; Run starts it.
@@ -162,6 +199,7 @@ func New(cfg Config, logger *slog.Logger) (*Checker, error) {
 		cfg:   cfg.withDefaults(),
 		log:   logger.With("component", "healthcheck"),
 		dirty: make(chan struct{}, 1),
+		hsvc:  maps.Clone(cfg.HealthServices),
 	}, nil
 }
 
@@ -227,12 +265,13 @@ func (c *Checker) Run(ctx context.Context, src discovery.Source, publish func(*S
 		}
 
 		snapMu.Lock()
-		if latest != nil {
+		fresh := latest != nil
+		if fresh {
 			snap, latest = *latest, nil
-			snapMu.Unlock()
+		}
+		snapMu.Unlock()
+		if c.reconfigured.Swap(false) || fresh {
 			c.reconcile(ctx, snap, backends, draining)
-		} else {
-			snapMu.Unlock()
 		}
 
 		now := time.Now()
@@ -267,7 +306,7 @@ func (c *Checker) Run(ctx context.Context, src discovery.Source, publish func(*S
 func (c *Checker) reconcile(ctx context.Context, snap discovery.Snapshot, backends map[string]*backend, draining map[string]time.Time) {
 	want := map[string]map[string]bool{} // address -> health services
 	for route, eps := range snap.Routes {
-		svc := c.cfg.HealthService(route)
+		svc := c.healthService(route)
 		for _, ep := range eps {
 			if want[ep.Addr] == nil {
 				want[ep.Addr] = map[string]bool{}
@@ -307,7 +346,7 @@ func (c *Checker) reconcile(ctx context.Context, snap discovery.Snapshot, backen
 func (c *Checker) state(snap discovery.Snapshot, backends map[string]*backend, prev *State) *State {
 	st := &State{Synced: snap.Synced, Routes: make(map[string]*Route, len(snap.Routes))}
 	for name, eps := range snap.Routes {
-		r := &Route{Name: name, HealthService: c.cfg.HealthService(name), Backends: make([]Backend, 0, len(eps))}
+		r := &Route{Name: name, HealthService: c.healthService(name), Backends: make([]Backend, 0, len(eps))}
 		for _, ep := range eps {
 			b, ok := backends[ep.Addr]
 			if !ok {
@@ -315,7 +354,7 @@ func (c *Checker) state(snap discovery.Snapshot, backends map[string]*backend, p
 			}
 			h := b.health(r.HealthService)
 			r.Backends = append(r.Backends, Backend{
-				Addr: ep.Addr, Weight: max(ep.Weight, 1), Conn: b.cc,
+				Addr: ep.Addr, Weight: max(ep.Weight, 1), Conn: b.cc, Discovery: ep.Status,
 				Routable: h.routable, Status: h.status, Reason: h.reason, Since: h.since,
 			})
 		}

@@ -37,6 +37,10 @@ type Server struct {
 	log *slog.Logger
 
 	mu sync.Mutex // guards the fields below
+	// minHealthy is cfg.MinHealthy as last set.
+	minHealthy map[string]int
+	// last is the last state, to recompute from when minHealthy changes.
+	last *healthcheck.State
 	// statuses has every known service, "" included.
 	statuses map[string]healthpb.HealthCheckResponse_ServingStatus
 	draining bool
@@ -54,28 +58,42 @@ func New(cfg Config, logger *slog.Logger) *Server {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
-		cfg: cfg, log: logger.With("component", "healthserver"),
+		cfg: cfg, log: logger.With("component", "healthserver"), minHealthy: maps.Clone(cfg.MinHealthy),
 		statuses: map[string]healthpb.HealthCheckResponse_ServingStatus{"": healthpb.HealthCheckResponse_NOT_SERVING},
 		changed:  make(chan struct{}),
 		closed:   make(chan struct{}),
 	}
 }
 
-func (s *Server) minHealthy(route string) int {
-	if n, ok := s.cfg.MinHealthy[route]; ok && n > 0 {
+func (s *Server) minHealthyLocked(route string) int {
+	if n, ok := s.minHealthy[route]; ok && n > 0 {
 		return n
 	}
 	return 1
 }
 
+// SetMinHealthy replaces Config.MinHealthy and recomputes the statuses.
+func (s *Server) SetMinHealthy(m map[string]int) {
+	s.mu.Lock()
+	s.minHealthy = maps.Clone(m)
+	last := s.last
+	s.mu.Unlock()
+	if last != nil {
+		s.Update(last)
+	}
+}
+
 // Update recomputes the statuses from a new state; watchers hear only of
 // the ones that flipped.
 func (s *Server) Update(st *healthcheck.State) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last = st
 	next := make(map[string]healthpb.HealthCheckResponse_ServingStatus, len(st.Routes)+1)
 	anyServing := false
 	for name, r := range st.Routes {
 		v := healthpb.HealthCheckResponse_NOT_SERVING
-		if r.Routable() >= s.minHealthy(name) {
+		if r.Routable() >= s.minHealthyLocked(name) {
 			v = healthpb.HealthCheckResponse_SERVING
 			anyServing = true
 		}
@@ -87,8 +105,6 @@ func (s *Server) Update(st *healthcheck.State) {
 	if st.Synced && anyServing {
 		next[""] = healthpb.HealthCheckResponse_SERVING
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.draining {
 		for k := range next {
 			next[k] = healthpb.HealthCheckResponse_NOT_SERVING

@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -32,6 +33,29 @@ type Upstream interface {
 	// Done is called exactly once when a call that Pick returned this
 	// upstream for has ended, with the error the client got (nil for OK).
 	Done(err error)
+	// Addr names the upstream in logs and metrics.
+	Addr() string
+}
+
+// Observer is told of every call, for metrics and access logs. Its methods
+// run on the call's goroutine and must not block.
+type Observer interface {
+	CallStarted()
+	CallFinished(CallInfo)
+}
+
+// CallInfo describes a finished call.
+type CallInfo struct {
+	// FullMethod is "/pkg.Service/Method".
+	FullMethod string
+	// Upstream is the backend's address; empty when none was picked.
+	Upstream string
+	// Routed is false when no route covered the service.
+	Routed   bool
+	Code     codes.Code
+	Duration time.Duration
+	// RequestBytes and ResponseBytes count message payloads as forwarded.
+	RequestBytes, ResponseBytes int64
 }
 
 // Picker chooses the upstream of each call.
@@ -55,6 +79,8 @@ type Config struct {
 	// DefaultTimeout is the deadline given to calls that arrive without one.
 	// Zero means such calls get none, as they would without the gateway.
 	DefaultTimeout time.Duration
+	// Observer, if set, is told of every call.
+	Observer Observer
 }
 
 // Validate reports the first field that cannot be used.
@@ -141,23 +167,48 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	if !ok {
 		return status.Error(codes.Internal, "healthgate: no method on server stream")
 	}
+	obs := p.cfg.Observer
+	var start time.Time
+	if obs != nil {
+		start = time.Now()
+		obs.CallStarted()
+	}
 	up, err := p.picker.Pick(ctx, method)
 	if err != nil {
-		return pickError(err)
+		st := pickStatus(err)
+		if obs != nil {
+			obs.CallFinished(CallInfo{FullMethod: method, Routed: st.Code() != codes.Unimplemented, Code: st.Code(), Duration: time.Since(start)})
+		}
+		return st.Err()
 	}
-	err = p.forward(ctx, ss, up, method)
+	var n byteCounts
+	err = p.forward(ctx, ss, up, method, &n)
 	up.Done(err)
+	if obs != nil {
+		obs.CallFinished(CallInfo{
+			FullMethod: method, Upstream: up.Addr(), Routed: true,
+			Code: status.Code(err), Duration: time.Since(start),
+			RequestBytes: n.req.Load(), ResponseBytes: n.resp,
+		})
+	}
 	return err
 }
 
-func pickError(err error) error {
-	if st, ok := status.FromError(err); ok {
-		return st.Err()
-	}
-	return status.Error(codes.Unavailable, err.Error())
+// byteCounts are a call's forwarded payload bytes. Requests are counted on
+// their own goroutine, hence the atomic.
+type byteCounts struct {
+	req  atomic.Int64
+	resp int64
 }
 
-func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, method string) error {
+func pickStatus(err error) *status.Status {
+	if st, ok := status.FromError(err); ok {
+		return st
+	}
+	return status.New(codes.Unavailable, err.Error())
+}
+
+func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, method string, n *byteCounts) error {
 	if _, ok := ctx.Deadline(); !ok && p.cfg.DefaultTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.DefaultTimeout)
@@ -177,7 +228,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, 
 		return clientError(ctx, err)
 	}
 
-	go p.forwardRequests(ss, cs, cancel)
+	go p.forwardRequests(ss, cs, cancel, &n.req)
 
 	// Headers go to the client as soon as the backend sends them, before any
 	// message and whatever follows. A backend that answers with a
@@ -197,6 +248,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, 
 			}
 			return clientError(ctx, err)
 		}
+		n.resp += int64(f.Len())
 		if err := ss.SendMsg(&f); err != nil {
 			f.Free()
 			return clientError(ctx, err)
@@ -209,7 +261,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, 
 // so that the receive loop in forward stops too. It may outlive the handler
 // when the backend ends the call first; grpc ends the client stream then,
 // which unblocks RecvMsg.
-func (p *Proxy) forwardRequests(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelCauseFunc) {
+func (p *Proxy) forwardRequests(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelCauseFunc, n *atomic.Int64) {
 	var f Frame
 	for {
 		if err := ss.RecvMsg(&f); err != nil {
@@ -221,6 +273,7 @@ func (p *Proxy) forwardRequests(ss grpc.ServerStream, cs grpc.ClientStream, canc
 			cancel(err)
 			return
 		}
+		n.Add(int64(f.Len()))
 		if err := cs.SendMsg(&f); err != nil {
 			// The backend has ended the call; its status reaches the
 			// client through RecvMsg in forward.

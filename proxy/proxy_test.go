@@ -31,6 +31,8 @@ type upstream struct {
 	done chan error
 }
 
+func (u upstream) Addr() string { return u.Target() }
+
 func (u upstream) Done(err error) {
 	select {
 	case u.done <- err:

@@ -3,7 +3,10 @@
 // that reports SERVING over its own grpc.health.v1 Watch stream.
 //
 //	healthgate -listen 127.0.0.1:9000 -config configs/healthgate.yaml
-//	healthgate -listen 127.0.0.1:9000 -consul 127.0.0.1:8500
+//	healthgate -listen 127.0.0.1:9000 -consul 127.0.0.1:8500 -admin 127.0.0.1:9901
+//	healthgate probe -addr 127.0.0.1:9000 [-service NAME] [-timeout 1s]
+//
+// SIGTERM or SIGINT drains and stops; SIGHUP re-reads the config file.
 package main
 
 import (
@@ -14,33 +17,74 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/healthgate/healthgate/config"
 	"github.com/healthgate/healthgate/gateway"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "probe" {
+		os.Exit(probe(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// flags are the command line's overrides of the config file.
+type flags struct {
+	configPath, listen, admin, consul, logLevel, logFormat string
+	adminPublic, pprof                                     bool
+}
+
+// load reads the config file, if any, and applies flags and environment.
+func (f flags) load() (*config.Config, error) {
+	cfg := &config.Config{}
+	if f.configPath != "" {
+		var err error
+		if cfg, err = config.Load(f.configPath); err != nil {
+			return nil, err
+		}
+	}
+	override(&cfg.Listen, f.listen)
+	override(&cfg.Admin, f.admin)
+	override(&cfg.Log.Level, f.logLevel)
+	override(&cfg.Log.Format, f.logFormat)
+	cfg.AdminPublic = cfg.AdminPublic || f.adminPublic
+	cfg.Pprof = cfg.Pprof || f.pprof
+	if cfg.Consul.Address == "" {
+		cfg.Consul.Address = os.Getenv("CONSUL_HTTP_ADDR")
+	}
+	override(&cfg.Consul.Address, f.consul)
+	if cfg.Consul.Token == "" {
+		cfg.Consul.Token = os.Getenv("CONSUL_HTTP_TOKEN")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.ApplyDefaults()
+	return cfg, nil
 }
 
 // run is main without the process: it returns the exit code.
 func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("healthgate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var (
-		configPath = fs.String("config", "", "YAML config file (optional: without it, routes come from Consul route tags)")
-		listen     = fs.String("listen", "", "gRPC listen address (overrides the config's listen; default "+config.DefaultListen+")")
-		admin      = fs.String("admin", "", "admin HTTP address (overrides the config's admin)")
-		consul     = fs.String("consul", "", "Consul HTTP address (overrides the config and $CONSUL_HTTP_ADDR)")
-		logLevel   = fs.String("log-level", "", "debug, info, warn or error (overrides the config)")
-		logFormat  = fs.String("log-format", "", "text or json (overrides the config)")
-	)
+	var f flags
+	fs.StringVar(&f.configPath, "config", "", "YAML config file (optional: without it, routes come from Consul route tags)")
+	fs.StringVar(&f.listen, "listen", "", "gRPC listen address (overrides the config's listen; default "+config.DefaultListen+")")
+	fs.StringVar(&f.admin, "admin", "", "admin HTTP address (overrides the config's admin; loopback unless -admin-public)")
+	fs.BoolVar(&f.adminPublic, "admin-public", false, "allow an admin address that is not loopback")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the admin address")
+	fs.StringVar(&f.consul, "consul", "", "Consul HTTP address (overrides the config and $CONSUL_HTTP_ADDR)")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (overrides the config)")
+	fs.StringVar(&f.logFormat, "log-format", "", "text or json (overrides the config)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: healthgate [flags]\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: healthgate [flags]\n       healthgate probe -addr ADDR [-service NAME] [-timeout D]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -53,31 +97,11 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "healthgate: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-
-	cfg := &config.Config{}
-	if *configPath != "" {
-		var err error
-		if cfg, err = config.Load(*configPath); err != nil {
-			fmt.Fprintf(stderr, "healthgate: %v\n", err)
-			return 1
-		}
-	}
-	override(&cfg.Listen, *listen)
-	override(&cfg.Admin, *admin)
-	override(&cfg.Log.Level, *logLevel)
-	override(&cfg.Log.Format, *logFormat)
-	if cfg.Consul.Address == "" {
-		cfg.Consul.Address = os.Getenv("CONSUL_HTTP_ADDR")
-	}
-	override(&cfg.Consul.Address, *consul)
-	if cfg.Consul.Token == "" {
-		cfg.Consul.Token = os.Getenv("CONSUL_HTTP_TOKEN")
-	}
-	if err := cfg.Validate(); err != nil {
+	cfg, err := f.load()
+	if err != nil {
 		fmt.Fprintf(stderr, "healthgate: %v\n", err)
 		return 1
 	}
-	cfg.ApplyDefaults()
 	logger := newLogger(cfg.Log, stderr)
 
 	g, err := gateway.New(*cfg, logger)
@@ -90,13 +114,72 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "healthgate: listen: %v\n", err)
 		return 1
 	}
+	var adminSrv *http.Server
+	adminDone := make(chan error, 1)
+	if cfg.Admin != "" {
+		alis, err := net.Listen("tcp", cfg.Admin)
+		if err != nil {
+			lis.Close()
+			fmt.Fprintf(stderr, "healthgate: admin listen: %v\n", err)
+			return 1
+		}
+		adminSrv = &http.Server{Handler: g.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { adminDone <- adminSrv.Serve(alis) }()
+		logger.Info("admin endpoint serving", "admin", alis.Addr().String())
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				reload(f, g, logger)
+			}
+		}
+	}()
+
+	code := 0
 	if err := g.Run(ctx, lis); err != nil {
 		logger.Error("healthgate failed", "err", err)
-		return 1
+		code = 1
 	}
-	return 0
+	if adminSrv != nil {
+		// The admin endpoint outlives the drain, so that /readyz says
+		// "draining" while the gateway drains.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		adminSrv.Shutdown(sctx) //nolint:errcheck // the process is ending
+		cancel()
+		<-adminDone
+	}
+	return code
+}
+
+// reload re-reads the config on SIGHUP. A config that does not load keeps
+// the running one.
+func reload(f flags, g *gateway.Gateway, logger *slog.Logger) {
+	if f.configPath == "" {
+		logger.Warn("SIGHUP ignored: no config file to re-read")
+		return
+	}
+	cfg, err := f.load()
+	if err != nil {
+		logger.Error("reload rejected, the running config stays", "err", err)
+		return
+	}
+	needRestart, err := g.Reload(*cfg)
+	if err != nil {
+		logger.Error("reload rejected, the running config stays", "err", err)
+		return
+	}
+	if len(needRestart) > 0 {
+		logger.Warn("reload: these fields changed but need a restart to take effect", "fields", strings.Join(needRestart, ", "))
+	}
 }
 
 func override(dst *string, v string) {

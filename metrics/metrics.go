@@ -1,0 +1,215 @@
+// Package metrics turns what the gateway's stages report into Prometheus
+// metrics, on a registry of its own, and writes the optional access log.
+//
+// Label sets are bounded: gRPC methods are labelled only for services the
+// gateway routes, and at most MaxMethods distinct methods are labelled
+// before the rest are counted as "other", so a client calling made-up
+// method names cannot grow the series without end.
+package metrics
+
+import (
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/healthgate/healthgate/proxy"
+)
+
+// MaxMethods bounds the distinct (service, method) label pairs.
+const MaxMethods = 1000
+
+// Metrics owns the registry and every collector.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	handled      *prometheus.CounterVec
+	handling     *prometheus.HistogramVec
+	inFlight     prometheus.Gauge
+	payload      *prometheus.CounterVec
+	transitions  *prometheus.CounterVec
+	watchStarts  *prometheus.CounterVec
+	rebuilds     *prometheus.CounterVec
+	consulTook   *prometheus.HistogramVec
+	consulErrors *prometheus.CounterVec
+	consulOK     prometheus.Gauge
+	reqBytes     prometheus.Counter
+	respBytes    prometheus.Counter
+
+	// methods caches the label children of each (service, method) seen,
+	// so that a call costs a map load and atomic adds.
+	methods  sync.Map // full method -> *methodSeries
+	nMethods atomic.Int64
+	other    *methodSeries
+	unknown  *methodSeries
+
+	access *slog.Logger
+}
+
+type methodSeries struct {
+	handling prometheus.Observer
+	codes    [17]atomic.Pointer[prometheus.Counter]
+	service  string
+	method   string
+	m        *Metrics
+}
+
+func (s *methodSeries) count(code codes.Code) {
+	if int(code) >= len(s.codes) {
+		code = codes.Unknown
+	}
+	c := s.codes[code].Load()
+	if c == nil {
+		cc := s.m.handled.WithLabelValues(s.service, s.method, code.String())
+		s.codes[code].Store(&cc)
+		c = &cc
+	}
+	(*c).Inc()
+}
+
+// latencyBuckets span a gateway hop (about 100µs) to slow streams.
+var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// New registers every collector on a fresh registry. accessLog, if not nil,
+// gets one line per proxied call.
+func New(accessLog *slog.Logger) *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_proxy_handled_total",
+			Help: "Calls the gateway finished, by gRPC service, method and status code.",
+		}, []string{"grpc_service", "grpc_method", "grpc_code"}),
+		handling: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "healthgate_proxy_handling_seconds",
+			Help:    "Time from a call's arrival to its end, by gRPC service and method.",
+			Buckets: latencyBuckets,
+		}, []string{"grpc_service", "grpc_method"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "healthgate_proxy_in_flight",
+			Help: "Calls being forwarded now.",
+		}),
+		payload: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_proxy_payload_bytes_total",
+			Help: "Message payload bytes forwarded: request is client to backend, response backend to client.",
+		}, []string{"direction"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_backend_health_transitions_total",
+			Help: "Changes of a backend's grpc.health.v1 status, by the status reached.",
+		}, []string{"backend", "health_service", "status"}),
+		watchStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_backend_watch_starts_total",
+			Help: "Health Watch streams opened, reconnects included.",
+		}, []string{"backend", "health_service"}),
+		rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_balancer_picker_rebuilds_total",
+			Help: "Times a route's picker was rebuilt because its routable backends changed.",
+		}, []string{"route"}),
+		consulTook: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "healthgate_consul_query_duration_seconds",
+			Help:    "Consul query latency, blocking wait included, by query kind (catalog, health).",
+			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30, 60, 300, 600},
+		}, []string{"query"}),
+		consulErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_consul_query_errors_total",
+			Help: "Consul queries that failed; the gateway keeps its last known backends meanwhile.",
+		}, []string{"query"}),
+		consulOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "healthgate_consul_last_success_timestamp_seconds",
+			Help: "Unix time of the last successful Consul query; time() minus this is the sync age.",
+		}),
+		access: accessLog,
+	}
+	m.reqBytes = m.payload.WithLabelValues("request")
+	m.respBytes = m.payload.WithLabelValues("response")
+	m.other = &methodSeries{service: "other", method: "other", m: m}
+	m.unknown = &methodSeries{service: "unknown", method: "unknown", m: m}
+	for _, s := range []*methodSeries{m.other, m.unknown} {
+		s.handling = m.handling.WithLabelValues(s.service, s.method)
+	}
+	r.MustRegister(m.handled, m.handling, m.inFlight, m.payload, m.transitions, m.watchStarts,
+		m.rebuilds, m.consulTook, m.consulErrors, m.consulOK,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Register adds a collector of the caller's (the gateway's state).
+func (m *Metrics) Register(c prometheus.Collector) { m.Registry.MustRegister(c) }
+
+func (m *Metrics) series(fullMethod string, routed bool) *methodSeries {
+	if !routed {
+		return m.unknown
+	}
+	if s, ok := m.methods.Load(fullMethod); ok {
+		return s.(*methodSeries)
+	}
+	if m.nMethods.Load() >= MaxMethods {
+		return m.other
+	}
+	svc, method := splitMethod(fullMethod)
+	s := &methodSeries{service: svc, method: method, m: m}
+	s.handling = m.handling.WithLabelValues(svc, method)
+	if prev, loaded := m.methods.LoadOrStore(fullMethod, s); loaded {
+		return prev.(*methodSeries)
+	}
+	m.nMethods.Add(1)
+	return s
+}
+
+func splitMethod(full string) (string, string) {
+	full = strings.TrimPrefix(full, "/")
+	if i := strings.LastIndexByte(full, '/'); i >= 0 {
+		return full[:i], full[i+1:]
+	}
+	return "unknown", full
+}
+
+// CallStarted implements proxy.Observer.
+func (m *Metrics) CallStarted() { m.inFlight.Inc() }
+
+// CallFinished implements proxy.Observer.
+func (m *Metrics) CallFinished(c proxy.CallInfo) {
+	m.inFlight.Dec()
+	s := m.series(c.FullMethod, c.Routed)
+	s.count(c.Code)
+	s.handling.Observe(c.Duration.Seconds())
+	if c.RequestBytes > 0 {
+		m.reqBytes.Add(float64(c.RequestBytes))
+	}
+	if c.ResponseBytes > 0 {
+		m.respBytes.Add(float64(c.ResponseBytes))
+	}
+	if m.access != nil {
+		m.access.Info("rpc", "method", c.FullMethod, "backend", c.Upstream, "code", c.Code.String(),
+			"duration", c.Duration, "request_bytes", c.RequestBytes, "response_bytes", c.ResponseBytes)
+	}
+}
+
+// HealthChanged implements healthcheck.Events.
+func (m *Metrics) HealthChanged(addr, svc string, _, to healthpb.HealthCheckResponse_ServingStatus) {
+	m.transitions.WithLabelValues(addr, svc, to.String()).Inc()
+}
+
+// WatchStarted implements healthcheck.Events.
+func (m *Metrics) WatchStarted(addr, svc string) {
+	m.watchStarts.WithLabelValues(addr, svc).Inc()
+}
+
+// PickerRebuilt is the balancer's OnRebuild.
+func (m *Metrics) PickerRebuilt(route string, _ int) { m.rebuilds.WithLabelValues(route).Inc() }
+
+// ConsulQuery is the Consul source's OnQuery.
+func (m *Metrics) ConsulQuery(kind string, took time.Duration, err error) {
+	m.consulTook.WithLabelValues(kind).Observe(took.Seconds())
+	if err != nil {
+		m.consulErrors.WithLabelValues(kind).Inc()
+		return
+	}
+	m.consulOK.Set(float64(time.Now().UnixNano()) / 1e9)
+}
