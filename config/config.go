@@ -35,7 +35,7 @@ type Config struct {
 	Pprof bool `yaml:"pprof"`
 	// Register, when enabled, registers the gateway itself in Consul.
 	Register Register `yaml:"register"`
-	Log   Log    `yaml:"log"`
+	Log      Log      `yaml:"log"`
 	// Consul, when its address is set, discovers backends.
 	Consul Consul  `yaml:"consul"`
 	Routes []Route `yaml:"routes"`
