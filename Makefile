@@ -40,6 +40,14 @@ demo: build consul
 run: build consul
 	$(BIN)/healthgate-demo -consul-bin $(CONSUL) -bin $(BIN) -keep
 
+# ui-test: renders the admin status page in headless Chromium (installed
+# from Debian when missing), checks its DOM and leaves a screenshot in
+# admin/testdata/screenshots/ (ignored by git).
+.PHONY: ui-test
+ui-test:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+	HEALTHGATE_UI_TEST=1 $(GO) test -race -count=1 -run UI -v ./admin/
+
 bench:
 	cd bench && $(GO) run ./cmd/bench -mode full $(BENCHFLAGS)
 
