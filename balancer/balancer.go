@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -83,16 +84,12 @@ func (e *Endpoint) Addr() string { return e.addr }
 // InFlight is the number of calls picked for the endpoint and not yet done.
 func (e *Endpoint) InFlight() int64 { return e.inflight.Load() }
 
-// InFlight is the number of calls in flight on the backend behind conn, as
-// far as the current pickers know it.
+// InFlight is the number of calls in flight on the backend behind conn,
+// routable or not: a backend out of rotation still finishes its calls.
 func (b *Balancer) InFlight(conn *grpc.ClientConn) int64 {
 	if t := b.table.Load(); t != nil {
-		for _, p := range t.routes {
-			for _, ep := range p.eps {
-				if ep.ClientConn == conn {
-					return ep.InFlight()
-				}
-			}
+		if ep := t.eps[conn]; ep != nil {
+			return ep.InFlight()
 		}
 	}
 	return 0
@@ -142,6 +139,9 @@ type picker struct {
 type table struct {
 	routes map[string]*picker
 	dflt   *picker // nil without a default route
+	// eps has the endpoint of every backend in the state, routable or not,
+	// so that InFlight finds the calls of one that left the rotation.
+	eps map[*grpc.ClientConn]*Endpoint
 }
 
 // Balancer picks a backend per call.
@@ -154,8 +154,9 @@ type Balancer struct {
 	cfg Config
 	// last is the last state given to Update, to rebuild from on SetConfig.
 	last *healthcheck.State
-	// endpoints outlive pickers so that in-flight counts survive rebuilds.
-	// Only Update touches it, from one goroutine.
+	// endpoints outlive pickers so that in-flight counts survive rebuilds
+	// and spells out of rotation; a backend's is forgotten when it leaves
+	// the state.
 	endpoints map[*grpc.ClientConn]*Endpoint
 	// routable is each route's routable set as last built, to rebuild only
 	// the routes whose set changed.
@@ -215,12 +216,15 @@ func (b *Balancer) updateLocked(st *healthcheck.State, all bool) {
 	for name, r := range st.Routes {
 		var keys []routableKey
 		for _, be := range r.Backends {
-			if be.Routable && be.Conn != nil {
+			if be.Conn == nil {
+				continue
+			}
+			live[be.Conn] = true
+			if _, ok := b.endpoints[be.Conn]; !ok {
+				b.endpoints[be.Conn] = &Endpoint{ClientConn: be.Conn, addr: be.Addr}
+			}
+			if be.Routable {
 				keys = append(keys, routableKey{be.Conn, be.Weight})
-				live[be.Conn] = true
-				if _, ok := b.endpoints[be.Conn]; !ok {
-					b.endpoints[be.Conn] = &Endpoint{ClientConn: be.Conn, addr: be.Addr}
-				}
 			}
 		}
 		p, ok := old.routes[name]
@@ -247,6 +251,7 @@ func (b *Balancer) updateLocked(st *healthcheck.State, all bool) {
 		}
 	}
 	t.dflt = t.routes[discovery.DefaultRoute]
+	t.eps = maps.Clone(b.endpoints)
 	b.table.Store(t)
 }
 

@@ -111,6 +111,53 @@ func TestLeastRequestAvoidsTheBusyBackend(t *testing.T) {
 	}
 }
 
+func TestInFlightCountsThroughTimeOutOfRotation(t *testing.T) {
+	b, _ := New(Config{Policies: map[string]Policy{"a.S": LeastRequest}}, nil)
+	ccs := conns(t, 2)
+	b.Update(state("a.S", ccs, []int{1, 1}, []bool{true, false}))
+	var held []*Endpoint
+	for range 2 {
+		ep, err := b.Pick(context.Background(), "/a.S/M")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, ep)
+	}
+	// backend-0 leaves the rotation with its two calls still open: they
+	// are still its calls, and they still count when it comes back.
+	for i, routable := range [][]bool{{false, true}, {true, true}} {
+		b.Update(state("a.S", ccs, []int{1, 1}, routable))
+		if got := b.InFlight(ccs[0]); got != 2 {
+			t.Fatalf("update %d (routable %v): InFlight(backend-0) = %d, want 2", i, routable, got)
+		}
+		if got := b.InFlight(ccs[1]); got != 0 {
+			t.Fatalf("update %d: InFlight(backend-1) = %d, want 0", i, got)
+		}
+	}
+	// Back in rotation, least request sends the next calls to the idle one.
+	for range 2 {
+		ep, err := b.Pick(context.Background(), "/a.S/M")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ep.Addr() != "backend-1" {
+			t.Fatalf("a new call went to %s, which has 2 calls open; want backend-1", ep.Addr())
+		}
+		held = append(held, ep)
+	}
+	for _, ep := range held {
+		ep.Done(nil)
+	}
+	if got := b.InFlight(ccs[0]) + b.InFlight(ccs[1]); got != 0 {
+		t.Fatalf("in flight after Done: %d", got)
+	}
+	// A backend that leaves the state is forgotten.
+	b.Update(state("a.S", ccs[1:], []int{1}, []bool{true}))
+	if got := b.InFlight(ccs[0]); got != 0 {
+		t.Fatalf("InFlight of a backend no longer listed: %d", got)
+	}
+}
+
 func TestRoutingByService(t *testing.T) {
 	b, _ := New(Config{}, nil)
 	ccs := conns(t, 2)

@@ -146,7 +146,12 @@ func TestB33_ConsulDownKeepsRoutingAndRecovers(t *testing.T) {
 	b := testutil.StartBackend(t)
 	c.Register(t, "", testutil.RouteReg("b", "svc", b.Addr, testutil.TestService))
 	testutil.WaitFor(t, 15*time.Second, "the new backend in rotation", func() bool {
-		r := h.g.State().Routes[testutil.TestService]
+		// Until b registers, the empty agent that came back lists no
+		// route at all.
+		r, ok := h.g.State().Routes[testutil.TestService]
+		if !ok {
+			return false
+		}
 		for _, be := range r.Backends {
 			if be.Addr == b.Addr && be.Routable {
 				return true

@@ -24,6 +24,12 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type harness struct {
 	g    *gateway.Gateway
 	addr string
+	// stop cancels the gateway's context: it drains, and done is closed
+	// when Run has returned (runErr is its error). The test's cleanup stops
+	// it too.
+	stop   context.CancelFunc
+	done   chan struct{}
+	runErr error
 }
 
 // startGateway runs a gateway on a free loopback port until the test ends.
@@ -46,15 +52,19 @@ func startGatewayLog(t *testing.T, cfg config.Config, logger *slog.Logger) *harn
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx, lis) }()
+	h := &harness{g: g, addr: lis.Addr().String(), stop: cancel, done: make(chan struct{})}
+	go func() {
+		h.runErr = g.Run(ctx, lis)
+		close(h.done)
+	}()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway Run: %v", err)
+		<-h.done
+		if h.runErr != nil {
+			t.Errorf("gateway Run: %v", h.runErr)
 		}
 	})
-	return &harness{g: g, addr: lis.Addr().String()}
+	return h
 }
 
 // routable waits until route has n routable backends.
