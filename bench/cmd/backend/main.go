@@ -1,0 +1,120 @@
+// Command backend is the bench backend: /bench.Echo/Unary answers each call
+// with its own request (or a fixed-size reply), /bench.Echo/Stream echoes
+// every message of a bidi stream, and grpc.health.v1 reports SERVING, so a
+// health-checking gateway routes to it.
+//
+//	backend -listen 127.0.0.1:21001 [-resp-size 1048576]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/healthgate/healthgate/bench/internal/rawcodec"
+)
+
+const service = "bench.Echo"
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "backend: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	listen := flag.String("listen", "127.0.0.1:21001", "address to serve on")
+	respSize := flag.Int("resp-size", -1, "bytes in each Unary reply; -1 echoes the request")
+	flag.Parse()
+
+	var reply []byte
+	if *respSize >= 0 {
+		var err error
+		if reply, err = rawcodec.Payload(*respSize); err != nil {
+			return fmt.Errorf("-resp-size: %w", err)
+		}
+	}
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	// The forced codec carries the health service's protobuf too (see
+	// rawcodec.Codec), so no second server is needed for health.
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(rawcodec.Codec{}))
+	srv.RegisterService(&grpc.ServiceDesc{
+		ServiceName: service,
+		HandlerType: (*any)(nil),
+		Methods:     []grpc.MethodDesc{{MethodName: "Unary", Handler: unaryHandler(reply)}},
+		Streams: []grpc.StreamDesc{{
+			StreamName:    "Stream",
+			Handler:       streamHandler,
+			ServerStreams: true,
+			ClientStreams: true,
+		}},
+	}, struct{}{})
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(service, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(srv, hs)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		// Streams of a killed load generator can linger: do not wait on them.
+		t := time.AfterFunc(2*time.Second, srv.Stop)
+		defer t.Stop()
+		srv.GracefulStop()
+	}()
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+func unaryHandler(reply []byte) func(any, context.Context, func(any) error, grpc.UnaryServerInterceptor) (any, error) {
+	if reply != nil {
+		return func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			var n rawcodec.Size
+			if err := dec(&n); err != nil {
+				return nil, err
+			}
+			return &reply, nil
+		}
+	}
+	return func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		f := &rawcodec.Frame{}
+		if err := dec(f); err != nil {
+			return nil, err
+		}
+		return f, nil
+	}
+}
+
+func streamHandler(_ any, ss grpc.ServerStream) error {
+	for {
+		var f rawcodec.Frame
+		if err := ss.RecvMsg(&f); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if err := ss.SendMsg(&f); err != nil {
+			f.Data.Free()
+			return err
+		}
+	}
+}

@@ -1,0 +1,411 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/healthgate/healthgate/bench/internal/rawcodec"
+)
+
+// Peers in table order. direct is the client calling the backend itself: the
+// floor every proxy is compared with.
+var allPeers = []string{"direct", "healthgate", "grpc-proxy", "nginx", "haproxy"}
+
+// startPatience bounds a start-up; healthgate's first health Watch answer is
+// well inside it.
+const startPatience = 20 * time.Second
+
+// Every proxy gets CPU 0 to itself; the backend and the load generator
+// share CPU 1, so a proxy's cost shows as its own CPU time and as the
+// latency it adds, not as contention with the client.
+const (
+	proxyCPU = "0"
+	loadCPU  = "1"
+)
+
+// env is what starting peers needs: built binaries, tools, ports, a place
+// for configs and logs.
+type env struct {
+	sup     *supervisor
+	tmp     string
+	bins    map[string]string // backend, grpcproxy, loadgen, healthgate, healthgate-pprof
+	tools   map[string]string // nginx, haproxy: absolute paths
+	missing map[string]string // peer -> why it cannot run at all
+	nginxV  [3]int
+	ports   portPool
+	seq     int
+}
+
+// logPath names a fresh log file in the temp dir.
+func (e *env) logPath(name string) string {
+	e.seq++
+	return filepath.Join(e.tmp, fmt.Sprintf("%03d-%s.log", e.seq, name))
+}
+
+// running is a started peer: where clients call it and which process tree
+// does its work (nil for direct).
+type running struct {
+	addr string
+	proc *proc
+}
+
+// startBackend starts the bench backend pinned with the load generator.
+func (e *env) startBackend(ctx context.Context, respSize int) (*running, error) {
+	addr, err := e.ports.addr()
+	if err != nil {
+		return nil, err
+	}
+	p, err := e.sup.start("backend", e.logPath("backend"), startOpts{cpu: loadCPU},
+		e.bins["backend"], "-listen", addr, "-resp-size", strconv.Itoa(respSize))
+	if err != nil {
+		return nil, err
+	}
+	r := &running{addr: addr, proc: p}
+	if err := probe(ctx, r, startPatience); err != nil {
+		p.stop(2 * time.Second)
+		e.sup.forget(p)
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+	return r, nil
+}
+
+// peerOpts are additions for one start of a peer: the profile run's.
+type peerOpts struct {
+	env  []string
+	args []string
+}
+
+// startPeer starts one peer in front of backend and waits until a call
+// through it succeeds.
+func (e *env) startPeer(ctx context.Context, name, backend string, po peerOpts) (*running, error) {
+	if name == "direct" {
+		return &running{addr: backend}, nil
+	}
+	addr, err := e.ports.addr()
+	if err != nil {
+		return nil, err
+	}
+	e.seq++
+	dir := filepath.Join(e.tmp, fmt.Sprintf("%03d-%s", e.seq, name))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	var argv []string
+	bin := name
+	switch name {
+	case "healthgate", "healthgate-pprof":
+		cfg := filepath.Join(dir, "healthgate.yaml")
+		if err := os.WriteFile(cfg, []byte(healthgateConfig(addr, backend)), 0o644); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		argv = []string{e.bins[name], "-config", cfg}
+	case "grpc-proxy":
+		bin = "grpcproxy"
+		argv = []string{e.bins["grpcproxy"], "-listen", addr, "-backend", backend}
+	case "nginx":
+		cfg := filepath.Join(dir, "nginx.conf")
+		if err := os.WriteFile(cfg, []byte(nginxConfig(dir, addr, backend, e.nginxV)), 0o644); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		// -e: nginx opens its compiled-in error log before it reads the
+		// config; stderr keeps it away from /var/log.
+		argv = []string{e.tools["nginx"], "-p", dir + "/", "-c", cfg, "-e", "stderr"}
+	case "haproxy":
+		cfg := filepath.Join(dir, "haproxy.cfg")
+		if err := os.WriteFile(cfg, []byte(haproxyConfig(addr, backend)), 0o644); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		argv = []string{e.tools["haproxy"], "-db", "-f", cfg}
+	default:
+		return nil, fmt.Errorf("unknown peer %q", name)
+	}
+	argv = append(argv, po.args...)
+	p, err := e.sup.start(name, e.logPath(bin), startOpts{cpu: proxyCPU, env: po.env}, argv...)
+	if err != nil {
+		return nil, err
+	}
+	r := &running{addr: addr, proc: p}
+	if err := probe(ctx, r, startPatience); err != nil {
+		p.stop(2 * time.Second)
+		e.sup.forget(p)
+		return nil, err
+	}
+	return r, nil
+}
+
+func healthgateConfig(listen, backend string) string {
+	// Short drain: the runner stops healthgate between workloads.
+	return fmt.Sprintf(`listen: %s
+routes:
+  - service: bench.Echo
+    backends: [%s]
+    health_service: ""
+shutdown: {drain_delay: 1ms, grace: 1s}
+log: {level: warn}
+`, listen, backend)
+}
+
+func nginxConfig(dir, listen, backend string, v [3]int) string {
+	// nginx 1.25.1 replaced "listen ... http2" with "http2 on".
+	listenLine, http2Line := "listen "+listen+" http2;", ""
+	if v[0] > 1 || (v[0] == 1 && (v[1] > 25 || (v[1] == 25 && v[2] >= 1))) {
+		listenLine, http2Line = "listen "+listen+";", "http2 on;"
+	}
+	return fmt.Sprintf(`# Written by the healthgate bench runner; lives and dies with one run.
+daemon off;
+master_process on;
+worker_processes 1;
+# The worker runs as the runner's user, so it can use the temp dirs below.
+user %[6]s;
+pid %[1]s/nginx.pid;
+error_log stderr warn;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    client_body_temp_path %[1]s/client_body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+    # The 1 MiB workload sends bodies over the 1m default.
+    client_max_body_size 0;
+    # On HTTP/2 this caps the requests of one client connection (default
+    # 1000, then GOAWAY): lifted so clients keep their connections.
+    keepalive_requests 1000000000;
+    keepalive_timeout 600s;
+
+    upstream bench_backend {
+        server %[3]s;
+        # Idle upstream connections kept for reuse; nginx still opens one
+        # per call in flight, as it speaks one call per upstream connection.
+        keepalive 256;
+        keepalive_requests 1000000000;
+        keepalive_timeout 600s;
+    }
+
+    server {
+        %[4]s
+        %[5]s
+        location / {
+            grpc_pass grpc://bench_backend;
+            grpc_read_timeout 600s;
+            grpc_send_timeout 600s;
+        }
+    }
+}
+`, dir, listen, backend, listenLine, http2Line, nginxUser())
+}
+
+func nginxUser() string {
+	if os.Geteuid() == 0 {
+		return "root root"
+	}
+	// Ignored with a warning when not root; any valid name will do.
+	return "nobody"
+}
+
+func haproxyConfig(listen, backend string) string {
+	return fmt.Sprintf(`# Written by the healthgate bench runner; lives and dies with one run.
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+    http-reuse always
+
+frontend bench
+    bind %s proto h2
+    default_backend bench_backend
+
+backend bench_backend
+    server backend %s proto h2
+`, listen, backend)
+}
+
+// probe calls Unary through r until it answers, r's process exits, or
+// patience runs out: healthgate listens at once but routes only once the
+// backend's Watch says SERVING.
+func probe(ctx context.Context, r *running, patience time.Duration) error {
+	deadline := time.Now().Add(patience)
+	// Wait for the listener first: a gRPC client whose first connect fails
+	// backs off for a second before it tries again.
+	for {
+		c, err := net.DialTimeout("tcp", r.addr, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if r.proc != nil && r.proc.exited() {
+			return fmt.Errorf("exited during start-up: %v%s", r.proc.waitErr, r.proc.logTail())
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nothing listens on %s after %s: %w%s", r.addr, patience, err, tailOf(r))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	payload, err := rawcodec.Payload(100)
+	if err != nil {
+		return err
+	}
+	cc, err := grpc.NewClient("passthrough:///"+r.addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawcodec.Codec{})))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	var last error
+	for time.Now().Before(deadline) {
+		if r.proc != nil && r.proc.exited() {
+			return fmt.Errorf("exited during start-up: %v%s", r.proc.waitErr, r.proc.logTail())
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		var got rawcodec.Size
+		last = cc.Invoke(cctx, "/bench.Echo/Unary", &payload, &got)
+		cancel()
+		if last == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("no answer through %s in %s: %w%s", r.addr, patience, last, tailOf(r))
+}
+
+func tailOf(r *running) string {
+	if r.proc == nil {
+		return ""
+	}
+	return r.proc.logTail()
+}
+
+// portPool hands out free loopback ports in 20000-28999: above that, Linux
+// hands out ephemeral ports for outgoing connections.
+type portPool struct{ used map[int]bool }
+
+func (pp *portPool) addr() (string, error) {
+	if pp.used == nil {
+		pp.used = map[int]bool{}
+	}
+	for range 500 {
+		port := 20000 + rand.IntN(9000)
+		if pp.used[port] {
+			continue
+		}
+		pp.used[port] = true
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return l.Addr().String(), nil
+	}
+	return "", errors.New("no free port in 20000-28999")
+}
+
+// findTool looks in PATH and in the sbin directories a non-root PATH lacks.
+func findTool(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, d := range []string{"/usr/sbin", "/usr/local/sbin", "/sbin"} {
+		p := filepath.Join(d, name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
+}
+
+// ensureTools finds nginx and haproxy, installing the missing ones from
+// Debian's packages; a tool it cannot get becomes a MISSING peer.
+func (e *env) ensureTools(ctx context.Context, want []string) {
+	var missing []string
+	for _, name := range want {
+		if p := findTool(name); p != "" {
+			e.tools[name] = p
+		} else {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	fail := func(why string) {
+		for _, name := range missing {
+			e.missing[name] = why
+		}
+	}
+	if os.Geteuid() != 0 {
+		fail("not installed; as root the runner would apt-get install -y " + strings.Join(missing, " "))
+		return
+	}
+	if findTool("apt-get") == "" {
+		fail("not installed, and there is no apt-get to install it")
+		return
+	}
+	fmt.Fprintf(os.Stderr, "installing %s with apt-get\n", strings.Join(missing, " "))
+	// RUNLEVEL=1 keeps invoke-rc.d from starting the packages' system
+	// services where no policy-rc.d forbids it: the bench runs its own.
+	o := startOpts{env: []string{"DEBIAN_FRONTEND=noninteractive", "RUNLEVEL=1"}}
+	if err := e.sup.run(ctx, "apt-get update", e.logPath("apt-update"), o, "apt-get", "update"); err != nil {
+		fail(fmt.Sprintf("apt-get update failed: %v", err))
+		return
+	}
+	args := append([]string{"apt-get", "install", "-y", "--no-install-recommends"}, missing...)
+	if err := e.sup.run(ctx, "apt-get install", e.logPath("apt-install"), o, args...); err != nil {
+		fail(fmt.Sprintf("apt-get install failed: %v", err))
+		return
+	}
+	for _, name := range missing {
+		if p := findTool(name); p != "" {
+			e.tools[name] = p
+		} else {
+			e.missing[name] = "still not found after apt-get install"
+		}
+	}
+}
+
+var versionRE = regexp.MustCompile(`(\d+)\.(\d+)(?:\.(\d+))?`)
+
+// toolVersion is the first line of `tool -v`, which nginx prints on stderr.
+func toolVersion(path string) string {
+	out, _ := exec.Command(path, "-v").CombinedOutput()
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return line
+}
+
+func parseVersion(s string) [3]int {
+	var v [3]int
+	m := versionRE.FindStringSubmatch(s)
+	for i := 1; m != nil && i < len(m); i++ {
+		v[i-1], _ = strconv.Atoi(m[i])
+	}
+	return v
+}
