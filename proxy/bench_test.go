@@ -60,3 +60,44 @@ func BenchmarkForward(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkForwardStreamMessage measures one message each way on a bidi
+// stream that stays open: the per-message path, without per-call setup.
+// Compare the gateway row with the direct row for the gateway's share.
+func BenchmarkForwardStreamMessage(b *testing.B) {
+	payload := make([]byte, 100)
+	for _, path := range []string{"direct", "gateway"} {
+		b.Run(path, func(b *testing.B) {
+			backend := testutil.StartBackend(b)
+			target := backend.Addr
+			if path == "gateway" {
+				p, err := proxy.New(proxy.Config{}, &picker{up: upstream{testutil.Dial(b, backend.Addr), make(chan error, 1)}}, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				target = serveB(b, p)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			cs, err := testutil.RawStream(ctx, testutil.Dial(b, target), "/test.Svc/Echo")
+			if err != nil {
+				b.Fatal(err)
+			}
+			var got []byte
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if err := cs.SendMsg(&payload); err != nil {
+					b.Fatal(err)
+				}
+				if err := cs.RecvMsg(&got); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			cs.CloseSend()
+			cs.RecvMsg(&got)
+			backend.Drain()
+		})
+	}
+}
