@@ -154,8 +154,8 @@ func serverOptions() []grpc.ServerOption {
 		// Twice grpc's 32 KiB: fewer read and write syscalls under load
 		// (make bench: about 10% less CPU per call). A write buffer shared
 		// between connections cost more than it saved.
-		grpc.ReadBufferSize(64<<10),
-		grpc.WriteBufferSize(64<<10),
+		grpc.ReadBufferSize(64 << 10),
+		grpc.WriteBufferSize(64 << 10),
 	}
 }
 
@@ -163,8 +163,8 @@ func backendDialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithUserAgent("healthgate/" + Version),
-		grpc.WithReadBufferSize(64<<10),
-		grpc.WithWriteBufferSize(64<<10),
+		grpc.WithReadBufferSize(64 << 10),
+		grpc.WithWriteBufferSize(64 << 10),
 		// A backend that restarts should be back in rotation in well under
 		// a second, not after grpc's default 1s-120s backoff.
 		grpc.WithConnectParams(grpc.ConnectParams{
