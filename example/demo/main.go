@@ -161,7 +161,8 @@ func run(ctx context.Context, consulBin, binDir string, keep bool) error {
 	if keep {
 		fmt.Printf("\nThe stack is running (logs in %s). Try:\n", logDir)
 		fmt.Printf("  grpcurl -plaintext -import-path example/authpb -proto auth.proto -d '{\"email\":\"admin@admin.com\",\"password\":\"123456\"}' %s example.auth.v1.Authorization/Login\n", gatewayAt)
-		fmt.Printf("  grpcurl -plaintext %s grpc.health.v1.Health/List\n", gatewayAt)
+		fmt.Printf("  bin/healthgate probe -addr %s -service %s\n", gatewayAt, authserver.HealthService)
+		fmt.Printf("  curl http://%s/backends    # or open http://%s/ for the status page\n", adminAt, adminAt)
 		fmt.Printf("  curl http://%s/update    # brings backend-1 back after a wrong password\n", backends[0].http)
 		fmt.Println("Ctrl-C stops everything.")
 		<-ctx.Done()
