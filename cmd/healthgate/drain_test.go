@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -22,10 +21,6 @@ import (
 // NOT_SERVING first, the listener keeps accepting for the drain delay and
 // then refuses, the call in flight finishes, and the process exits 0.
 func TestB43_SigtermDrains(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "healthgate")
-	if out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
 	backend := testutil.StartBackend(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	const drainDelay = time.Second
@@ -35,18 +30,7 @@ func TestB43_SigtermDrains(t *testing.T) {
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-config", cfgPath)
-	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var waitErr error
-	exited := make(chan struct{})
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
+	p := startHealthgate(t, testWriter{t}, testWriter{t}, "-config", cfgPath)
 
 	cc := testutil.Dial(t, listen)
 	hc := healthpb.NewHealthClient(cc)
@@ -86,7 +70,7 @@ func TestB43_SigtermDrains(t *testing.T) {
 	}
 
 	sigterm := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if resp, err := watch.Recv(); err != nil || resp.Status != healthpb.HealthCheckResponse_NOT_SERVING {
@@ -117,9 +101,9 @@ func TestB43_SigtermDrains(t *testing.T) {
 		t.Fatalf("the call in flight ended with %v, want OK", err)
 	}
 	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Fatalf("healthgate exited with %v, want 0", waitErr)
+	case <-p.exited:
+		if p.waitErr != nil {
+			t.Fatalf("healthgate exited with %v, want 0", p.waitErr)
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("healthgate did not exit after its calls finished")

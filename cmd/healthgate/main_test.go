@@ -10,7 +10,13 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	cleanup, err := mkBinDir()
+	if err != nil {
+		panic(err)
+	}
+	goleak.VerifyTestMain(m, goleak.Cleanup(cleanup))
+}
 
 func TestBadConfigExitsNonZeroNamingTheField(t *testing.T) {
 	dir := t.TempDir()

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,16 +21,6 @@ import (
 
 	"github.com/healthgate/healthgate/internal/testutil"
 )
-
-// buildHealthgate builds the command with the race detector.
-func buildHealthgate(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "healthgate")
-	if out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // logBuffer keeps what the process writes and passes it to the test's log.
 type logBuffer struct {
@@ -136,7 +125,6 @@ func sameRoutes(got, want map[string][]string) bool {
 // call in flight; an invalid file is rejected and the running config stays;
 // a changed listen address is reported as needing a restart.
 func TestSighupReloads(t *testing.T) {
-	bin := buildHealthgate(t)
 	a, b := testutil.StartBackend(t), testutil.StartBackend(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	admin := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
@@ -153,23 +141,13 @@ func TestSighupReloads(t *testing.T) {
 	write(listen, fmt.Sprintf("- service: test.Svc\n  backends: [%s]\n", a.Addr))
 
 	stderr := &logBuffer{t: t}
-	cmd := exec.Command(bin, "-config", cfgPath, "-admin", admin)
-	cmd.Stdout, cmd.Stderr = testWriter{t}, stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var waitErr error
-	exited := make(chan struct{})
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
+	p := startHealthgate(t, testWriter{t}, stderr, "-config", cfgPath, "-admin", admin)
+	cmd, exited := p.cmd, p.exited
 	running := func(when string) {
 		t.Helper()
 		select {
 		case <-exited:
-			t.Fatalf("healthgate exited %s: %v", when, waitErr)
+			t.Fatalf("healthgate exited %s: %v", when, p.waitErr)
 		default:
 		}
 	}
@@ -302,8 +280,8 @@ func TestSighupReloads(t *testing.T) {
 	}
 	select {
 	case <-exited:
-		if waitErr != nil {
-			t.Fatalf("healthgate exited with %v after SIGTERM, want 0", waitErr)
+		if p.waitErr != nil {
+			t.Fatalf("healthgate exited with %v after SIGTERM, want 0", p.waitErr)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("healthgate did not exit after SIGTERM")

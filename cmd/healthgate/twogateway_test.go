@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,10 +27,8 @@ import (
 
 // twoGwProcess is one healthgate process of TestB43_TwoGatewaysLoseNoRPC.
 type twoGwProcess struct {
+	*proc
 	name, listen, admin string
-	cmd                 *exec.Cmd
-	exited              chan struct{}
-	waitErr             error
 }
 
 // TestB43_TwoGatewaysLoseNoRPC runs two real healthgate processes in front
@@ -41,10 +38,6 @@ type twoGwProcess struct {
 // rotation during the drain delay, the calls it still has finish, it exits
 // 0, and not one call of the whole run fails.
 func TestB43_TwoGatewaysLoseNoRPC(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "healthgate")
-	if out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
 	b1, b2 := testutil.StartBackend(t), testutil.StartBackend(t)
 	metricsClient := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 
@@ -53,7 +46,6 @@ func TestB43_TwoGatewaysLoseNoRPC(t *testing.T) {
 			name:   name,
 			listen: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
 			admin:  fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
-			exited: make(chan struct{}),
 		}
 		cfgPath := filepath.Join(t.TempDir(), name+".yaml")
 		cfg := fmt.Sprintf("listen: %s\nadmin: %s\nroutes:\n- service: %s\n  backends: [%s, %s]\nshutdown:\n  drain_delay: 1s\n  grace: 5s\n",
@@ -61,16 +53,7 @@ func TestB43_TwoGatewaysLoseNoRPC(t *testing.T) {
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		p.cmd = exec.Command(bin, "-config", cfgPath)
-		p.cmd.Stdout, p.cmd.Stderr = twoGwLog{t, name}, twoGwLog{t, name}
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() { p.waitErr = p.cmd.Wait(); close(p.exited) }()
-		t.Cleanup(func() {
-			p.cmd.Process.Kill()
-			<-p.exited
-		})
+		p.proc = startHealthgate(t, twoGwLog{t, name}, twoGwLog{t, name}, "-config", cfgPath)
 		return p
 	}
 	gwA, gwB := start("gateway-A"), start("gateway-B")
