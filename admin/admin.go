@@ -34,6 +34,9 @@ type Gateway interface {
 	MinHealthy(route string) int
 	// InFlight counts the calls in flight on a backend's connection.
 	InFlight(conn *grpc.ClientConn) int64
+	// EjectedUntil is when passive failure detection lets the backend
+	// take calls again; zero when it is not ejected.
+	EjectedUntil(conn *grpc.ClientConn) time.Time
 }
 
 // Config of the admin handler.
@@ -154,6 +157,9 @@ type BackendView struct {
 	Reason   string    `json:"reason,omitempty"`
 	Since    time.Time `json:"since"`
 	InFlight int64     `json:"in_flight"`
+	// EjectedUntil is set while passive failure detection keeps the
+	// backend out.
+	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
 }
 
 // Snapshot builds the /backends document.
@@ -170,10 +176,18 @@ func Snapshot(g Gateway) View {
 		rv := RouteView{Route: name, HealthService: r.HealthService, Routable: r.Routable(), MinHealthy: g.MinHealthy(name), Backends: []BackendView{}}
 		rv.Serving = rv.Routable >= rv.MinHealthy && !v.Draining
 		for _, b := range r.Backends {
-			rv.Backends = append(rv.Backends, BackendView{
+			bv := BackendView{
 				Addr: b.Addr, Discovery: b.Discovery, Weight: b.Weight, Health: b.Status.String(),
 				Routable: b.Routable, Reason: b.Reason, Since: b.Since, InFlight: g.InFlight(b.Conn),
-			})
+			}
+			if until := g.EjectedUntil(b.Conn); !until.IsZero() {
+				bv.EjectedUntil = &until
+				if bv.Routable {
+					bv.Routable = false
+					bv.Reason = "ejected: calls kept ending UNAVAILABLE"
+				}
+			}
+			rv.Backends = append(rv.Backends, bv)
 		}
 		v.Routes = append(v.Routes, rv)
 	}

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -54,6 +55,23 @@ type Config struct {
 	Default Policy
 	// OnRebuild, if set, is told each time a route's picker is rebuilt.
 	OnRebuild func(route string, routable int)
+	// OnEject, if set, is told each time a backend is ejected.
+	OnEject func(addr string)
+	// Outlier is passive failure detection; the zero value turns it off.
+	Outlier Outlier
+}
+
+// Outlier ejects a backend that keeps failing calls although its health
+// check says SERVING: after ConsecutiveUnavailable calls in a row that end
+// UNAVAILABLE (connection refused or reset, the backend shedding load), it
+// gets no new calls for Ejection, longer each time it is ejected again
+// before a call succeeds (up to 10 times). When every backend of a route is
+// ejected, calls go to them anyway: a guess beats a certain failure.
+type Outlier struct {
+	// ConsecutiveUnavailable is the failures in a row that eject; 0 turns
+	// detection off.
+	ConsecutiveUnavailable int
+	Ejection               time.Duration
 }
 
 // Validate reports the first policy that is not known.
@@ -75,7 +93,29 @@ func (c Config) Validate() error {
 type Endpoint struct {
 	*grpc.ClientConn
 	addr     string
+	bal      *Balancer
 	inflight atomic.Int64
+	// failures counts the calls in a row that ended UNAVAILABLE.
+	failures atomic.Int32
+	// ejections counts the ejections since the last successful call.
+	ejections atomic.Int32
+	// ejectedUntil is the end of the current ejection in Unix nanoseconds;
+	// 0 when never ejected.
+	ejectedUntil atomic.Int64
+}
+
+// EjectedUntil is when the endpoint's ejection ends; zero if it is not
+// ejected now.
+func (e *Endpoint) EjectedUntil() time.Time {
+	if u := e.ejectedUntil.Load(); u != 0 && time.Now().UnixNano() < u {
+		return time.Unix(0, u)
+	}
+	return time.Time{}
+}
+
+func (e *Endpoint) ejected() bool {
+	u := e.ejectedUntil.Load()
+	return u != 0 && time.Now().UnixNano() < u
 }
 
 // Addr is the backend's address.
@@ -83,6 +123,17 @@ func (e *Endpoint) Addr() string { return e.addr }
 
 // InFlight is the number of calls picked for the endpoint and not yet done.
 func (e *Endpoint) InFlight() int64 { return e.inflight.Load() }
+
+// EjectedUntil is when the ejection of the backend behind conn ends; zero
+// when it is not ejected.
+func (b *Balancer) EjectedUntil(conn *grpc.ClientConn) time.Time {
+	if t := b.table.Load(); t != nil {
+		if ep := t.eps[conn]; ep != nil {
+			return ep.EjectedUntil()
+		}
+	}
+	return time.Time{}
+}
 
 // InFlight is the number of calls in flight on the backend behind conn,
 // routable or not: a backend out of rotation still finishes its calls.
@@ -95,8 +146,40 @@ func (b *Balancer) InFlight(conn *grpc.ClientConn) int64 {
 	return 0
 }
 
-// Done ends a call picked for the endpoint.
-func (e *Endpoint) Done(error) { e.inflight.Add(-1) }
+// Done ends a call picked for the endpoint, and counts it for passive
+// failure detection.
+func (e *Endpoint) Done(err error) {
+	e.inflight.Add(-1)
+	o := e.bal.outlier.Load()
+	if o.ConsecutiveUnavailable <= 0 {
+		return
+	}
+	if err == nil {
+		if e.failures.Load() != 0 || e.ejections.Load() != 0 {
+			e.failures.Store(0)
+			e.ejections.Store(0)
+		}
+		return
+	}
+	if status.Code(err) != codes.Unavailable {
+		if e.failures.Load() != 0 {
+			e.failures.Store(0)
+		}
+		return
+	}
+	if e.failures.Add(1) < int32(o.ConsecutiveUnavailable) {
+		return
+	}
+	e.failures.Store(0)
+	n := min(e.ejections.Add(1), 10)
+	d := o.Ejection * time.Duration(n)
+	e.ejectedUntil.Store(time.Now().Add(d).UnixNano())
+	e.bal.log.Warn("backend ejected: calls keep ending UNAVAILABLE", "addr", e.addr,
+		"consecutive", o.ConsecutiveUnavailable, "for", d)
+	if o.onEject != nil {
+		o.onEject(e.addr)
+	}
+}
 
 // NoRouteError: no route covers the called service.
 type NoRouteError struct{ Service string }
@@ -154,6 +237,9 @@ type Balancer struct {
 	cfg Config
 	// last is the last state given to Update, to rebuild from on SetConfig.
 	last *healthcheck.State
+	// outlier is cfg's passive failure detection, read by Done without
+	// the lock.
+	outlier atomic.Pointer[outlierCfg]
 	// endpoints outlive pickers so that in-flight counts survive rebuilds
 	// and spells out of rotation; a backend's is forgotten when it leaves
 	// the state.
@@ -161,6 +247,11 @@ type Balancer struct {
 	// routable is each route's routable set as last built, to rebuild only
 	// the routes whose set changed.
 	routable map[string][]routableKey
+}
+
+type outlierCfg struct {
+	Outlier
+	onEject func(addr string)
 }
 
 type routableKey struct {
@@ -183,6 +274,7 @@ func New(cfg Config, logger *slog.Logger) (*Balancer, error) {
 		routable:  map[string][]routableKey{},
 	}
 	b.table.Store(&table{routes: map[string]*picker{}})
+	b.outlier.Store(&outlierCfg{cfg.Outlier, cfg.OnEject})
 	return b, nil
 }
 
@@ -194,6 +286,7 @@ func (b *Balancer) SetConfig(cfg Config) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.cfg = cfg
+	b.outlier.Store(&outlierCfg{cfg.Outlier, cfg.OnEject})
 	b.routable = map[string][]routableKey{}
 	if b.last != nil {
 		b.updateLocked(b.last, true)
@@ -221,7 +314,7 @@ func (b *Balancer) updateLocked(st *healthcheck.State, all bool) {
 			}
 			live[be.Conn] = true
 			if _, ok := b.endpoints[be.Conn]; !ok {
-				b.endpoints[be.Conn] = &Endpoint{ClientConn: be.Conn, addr: be.Addr}
+				b.endpoints[be.Conn] = &Endpoint{ClientConn: be.Conn, addr: be.Addr, bal: b}
 			}
 			if be.Routable {
 				keys = append(keys, routableKey{be.Conn, be.Weight})
@@ -318,14 +411,34 @@ func (b *Balancer) Pick(_ context.Context, fullMethod string) (*Endpoint, error)
 			j++
 		}
 		ep = p.eps[i]
-		if other := p.eps[j]; other.inflight.Load() < ep.inflight.Load() {
+		other := p.eps[j]
+		if (other.ejected() == ep.ejected() && other.inflight.Load() < ep.inflight.Load()) || (ep.ejected() && !other.ejected()) {
 			ep = other
 		}
+		if ep.ejected() {
+			ep = p.firstHealthy(p.eps, i, ep)
+		}
 	default:
-		ep = p.ring[p.next.Add(1)%uint32(len(p.ring))]
+		i := p.next.Add(1)
+		ep = p.ring[i%uint32(len(p.ring))]
+		if ep.ejected() {
+			ep = p.firstHealthy(p.ring, i, ep)
+		}
 	}
 	ep.inflight.Add(1)
 	return ep, nil
+}
+
+// firstHealthy is the first endpoint after position i that is not ejected,
+// or fallback when all are.
+func (p *picker) firstHealthy(list []*Endpoint, i uint32, fallback *Endpoint) *Endpoint {
+	n := uint32(len(list))
+	for k := uint32(1); k < n; k++ {
+		if c := list[(i+k)%n]; !c.ejected() {
+			return c
+		}
+	}
+	return fallback
 }
 
 // serviceOf returns "pkg.Service" of "/pkg.Service/Method".

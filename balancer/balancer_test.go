@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -219,4 +220,53 @@ func BenchmarkPick(b *testing.B) {
 			ep.Done(nil)
 		}
 	})
+}
+
+func TestOutlierEjectsAfterConsecutiveUnavailable(t *testing.T) {
+	var ejected []string
+	b, _ := New(Config{Outlier: Outlier{ConsecutiveUnavailable: 3, Ejection: time.Hour}, OnEject: func(a string) { ejected = append(ejected, a) }}, nil)
+	ccs := conns(t, 2)
+	b.Update(state("a.S", ccs, []int{1, 1}, []bool{true, true}))
+	unavailable := status.Error(codes.Unavailable, "connection refused")
+
+	// Two failures, then a success: the count starts over.
+	fail := func(addr string, n int, err error) {
+		for n > 0 {
+			ep, _ := b.Pick(context.Background(), "/a.S/M")
+			if ep.Addr() != addr {
+				ep.Done(nil)
+				continue
+			}
+			ep.Done(err)
+			n--
+		}
+	}
+	fail("backend-0", 2, unavailable)
+	fail("backend-0", 1, nil)
+	fail("backend-0", 2, unavailable)
+	fail("backend-0", 1, status.Error(codes.NotFound, "an application answer"))
+	if got := pickN(t, b, "/a.S/M", 20); got["backend-0"] == 0 {
+		t.Fatalf("backend-0 was ejected without 3 UNAVAILABLE in a row: %v", got)
+	}
+	fail("backend-0", 3, unavailable)
+	if len(ejected) != 1 || ejected[0] != "backend-0" {
+		t.Fatalf("ejected %v, want [backend-0]", ejected)
+	}
+	if got := pickN(t, b, "/a.S/M", 20); got["backend-1"] != 20 {
+		t.Fatalf("with backend-0 ejected, picks went %v", got)
+	}
+	// Every backend ejected: calls still go somewhere.
+	fail("backend-1", 3, unavailable)
+	if got := pickN(t, b, "/a.S/M", 4); got["backend-0"]+got["backend-1"] != 4 {
+		t.Fatalf("with all ejected, picks went %v", got)
+	}
+	var until time.Time
+	for _, ep := range b.table.Load().eps {
+		if ep.Addr() == "backend-0" {
+			until = ep.EjectedUntil()
+		}
+	}
+	if until.Before(time.Now().Add(59 * time.Minute)) {
+		t.Fatalf("backend-0 ejected until %v, want about an hour from now", until)
+	}
 }

@@ -41,8 +41,21 @@ type Config struct {
 	Routes []Route `yaml:"routes"`
 	Proxy  Proxy   `yaml:"proxy"`
 	Health Health  `yaml:"health"`
+	// Outlier is passive failure detection.
+	Outlier Outlier `yaml:"outlier_detection"`
 	// Shutdown tunes the drain on SIGTERM.
 	Shutdown Shutdown `yaml:"shutdown"`
+}
+
+// Outlier ejects a backend whose calls keep ending UNAVAILABLE although its
+// health check says SERVING.
+type Outlier struct {
+	// ConsecutiveUnavailable calls in a row eject it. Default 5.
+	ConsecutiveUnavailable int `yaml:"consecutive_unavailable"`
+	// Ejection is how long, longer each time in a row. Default 30s.
+	Ejection time.Duration `yaml:"ejection"`
+	// Disabled turns passive failure detection off.
+	Disabled bool `yaml:"disabled"`
 }
 
 // Register is the gateway's own registration in Consul, with a Consul gRPC
@@ -198,6 +211,12 @@ func (c *Config) ApplyDefaults() {
 	if host, port, err := net.SplitHostPort(c.Admin); err == nil && host == "" {
 		c.Admin = net.JoinHostPort("127.0.0.1", port)
 	}
+	if c.Outlier.ConsecutiveUnavailable == 0 {
+		c.Outlier.ConsecutiveUnavailable = 5
+	}
+	if c.Outlier.Ejection == 0 {
+		c.Outlier.Ejection = 30 * time.Second
+	}
 	if c.Register.Name == "" {
 		c.Register.Name = "healthgate"
 	}
@@ -288,10 +307,14 @@ func (c *Config) Validate() error {
 		{"shutdown.drain_delay", c.Shutdown.DrainDelay},
 		{"shutdown.grace", c.Shutdown.Grace},
 		{"register.interval", c.Register.Interval},
+		{"outlier_detection.ejection", c.Outlier.Ejection},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("%s: must not be negative, got %s", d.field, d.v)
 		}
+	}
+	if c.Outlier.ConsecutiveUnavailable < 0 {
+		return fmt.Errorf("outlier_detection.consecutive_unavailable: must not be negative, got %d", c.Outlier.ConsecutiveUnavailable)
 	}
 	if c.Proxy.MaxRequestBytes < 0 {
 		return fmt.Errorf("proxy.max_request_bytes: must not be negative, got %d", c.Proxy.MaxRequestBytes)

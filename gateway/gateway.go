@@ -121,7 +121,10 @@ type plan struct {
 
 func (g *Gateway) plan(cfg config.Config) (plan, error) {
 	p := plan{healthServices: map[string]string{}, minHealthy: map[string]int{}}
-	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt}
+	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt, OnEject: g.metrics.BackendEjected}
+	if !cfg.Outlier.Disabled {
+		p.balancer.Outlier = balancer.Outlier{ConsecutiveUnavailable: cfg.Outlier.ConsecutiveUnavailable, Ejection: cfg.Outlier.Ejection}
+	}
 	for _, r := range cfg.Routes {
 		if r.HealthService != nil {
 			p.healthServices[r.Service] = *r.HealthService
@@ -243,6 +246,10 @@ func (g *Gateway) MinHealthy(route string) int {
 
 // InFlight counts the calls in flight on a backend connection.
 func (g *Gateway) InFlight(conn *grpc.ClientConn) int64 { return g.bal.InFlight(conn) }
+
+// EjectedUntil is when passive failure detection lets the backend behind
+// conn take calls again; zero when it is not ejected.
+func (g *Gateway) EjectedUntil(conn *grpc.ClientConn) time.Time { return g.bal.EjectedUntil(conn) }
 
 // AdminHandler serves the admin endpoint for this gateway.
 func (g *Gateway) AdminHandler() http.Handler {

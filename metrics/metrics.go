@@ -36,6 +36,7 @@ type Metrics struct {
 	transitions  *prometheus.CounterVec
 	watchStarts  *prometheus.CounterVec
 	rebuilds     *prometheus.CounterVec
+	ejections    *prometheus.CounterVec
 	consulTook   *prometheus.HistogramVec
 	consulErrors *prometheus.CounterVec
 	consulOK     prometheus.Gauge
@@ -111,6 +112,10 @@ func New(accessLog *slog.Logger) *Metrics {
 			Name: "healthgate_balancer_picker_rebuilds_total",
 			Help: "Times a route's picker was rebuilt because its routable backends changed.",
 		}, []string{"route"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_backend_ejections_total",
+			Help: "Times passive failure detection ejected a backend whose calls kept ending UNAVAILABLE.",
+		}, []string{"backend"}),
 		consulTook: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "healthgate_consul_query_duration_seconds",
 			Help:    "Consul query latency, blocking wait included, by query kind (catalog, health).",
@@ -134,7 +139,7 @@ func New(accessLog *slog.Logger) *Metrics {
 		s.handling = m.handling.WithLabelValues(s.service, s.method)
 	}
 	r.MustRegister(m.handled, m.handling, m.inFlight, m.payload, m.transitions, m.watchStarts,
-		m.rebuilds, m.consulTook, m.consulErrors, m.consulOK,
+		m.rebuilds, m.ejections, m.consulTook, m.consulErrors, m.consulOK,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -203,6 +208,9 @@ func (m *Metrics) WatchStarted(addr, svc string) {
 
 // PickerRebuilt is the balancer's OnRebuild.
 func (m *Metrics) PickerRebuilt(route string, _ int) { m.rebuilds.WithLabelValues(route).Inc() }
+
+// BackendEjected is the balancer's OnEject.
+func (m *Metrics) BackendEjected(addr string) { m.ejections.WithLabelValues(addr).Inc() }
 
 // ConsulQuery is the Consul source's OnQuery.
 func (m *Metrics) ConsulQuery(kind string, took time.Duration, err error) {

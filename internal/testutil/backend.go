@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,6 +92,10 @@ type Backend struct {
 
 	calls   chan Call
 	startCh chan struct{}
+	// FailWith, when not 0, makes every call the backend handles end
+	// with that status code at once, while its health stays as set: a
+	// backend that is up but failing.
+	FailWith atomic.Int32
 }
 
 // StartBackend starts a backend on a free loopback port and stops it at the
@@ -176,6 +181,9 @@ func (b *Backend) handle(_ any, ss grpc.ServerStream) error {
 		call.Err = ctx.Err()
 		b.calls <- call
 	}()
+	if c := b.FailWith.Load(); c != 0 {
+		return status.Error(codes.Code(c), "testutil backend: failing on purpose")
+	}
 
 	if kv := first(md, "x-set-header"); kv != "" {
 		k, v, _ := strings.Cut(kv, "=")
