@@ -168,6 +168,10 @@ func backendDialOptions() []grpc.DialOption {
 		grpc.WithUserAgent("healthgate/" + Version),
 		grpc.WithReadBufferSize(64 << 10),
 		grpc.WithWriteBufferSize(64 << 10),
+		// Each backend connection reaches one backend: a transparent retry
+		// would only go back to the backend that just refused, and keeping
+		// every message for it costs a buffer per call.
+		grpc.WithDisableRetry(),
 		// A backend that restarts should be back in rotation in well under
 		// a second, not after grpc's default 1s-120s backoff.
 		grpc.WithConnectParams(grpc.ConnectParams{
