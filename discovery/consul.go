@@ -210,11 +210,49 @@ func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 		r.mu.Unlock()
 		snap.Synced = synced
 		if last == nil || !snap.Equal(*last) {
+			var prev Snapshot
+			if last != nil {
+				prev = *last
+			}
+			c.logChanges(prev, snap)
 			last = &snap
-			c.log.Info("consul routes changed", "routes", describe(snap))
 			publish(snap)
 		}
 	}
+}
+
+// logChanges says what changed and why, one line per instance that came or
+// went, so that an operator can follow a backend through Consul.
+func (c *Consul) logChanges(prev, next Snapshot) {
+	why := "its checks pass and it carries the route"
+	if c.cfg.AllowUnhealthy {
+		why = "it is registered and carries the route"
+	}
+	for _, route := range slices.Sorted(maps.Keys(next.Routes)) {
+		before := map[string]bool{}
+		for _, e := range prev.Routes[route] {
+			before[e.Addr] = true
+		}
+		if _, known := prev.Routes[route]; !known {
+			c.log.Info("consul: route appeared", "route", route)
+		}
+		for _, e := range next.Routes[route] {
+			if !before[e.Addr] {
+				c.log.Info("consul: backend joined route", "route", route, "addr", e.Addr, "status", e.Status, "reason", why)
+			}
+			delete(before, e.Addr)
+		}
+		for addr := range before {
+			c.log.Info("consul: backend left route", "route", route, "addr", addr,
+				"reason", "deregistered, failing its Consul checks, or no longer matching the tags")
+		}
+	}
+	for route, eps := range prev.Routes {
+		if _, ok := next.Routes[route]; !ok {
+			c.log.Info("consul: route disappeared", "route", route, "backends", len(eps))
+		}
+	}
+	c.log.Debug("consul routes", "routes", describe(next), "synced", next.Synced)
 }
 
 func describe(s Snapshot) string {
