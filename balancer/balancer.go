@@ -284,12 +284,18 @@ func (b *Balancer) SetConfig(cfg Config) error {
 		return fmt.Errorf("balancer: %w", err)
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.cfg = cfg
 	b.outlier.Store(&outlierCfg{cfg.Outlier, cfg.OnEject})
 	b.routable = map[string][]routableKey{}
+	var rebuilt []rebuild
 	if b.last != nil {
-		b.updateLocked(b.last, true)
+		rebuilt = b.updateLocked(b.last, true)
+	}
+	b.mu.Unlock()
+	if cfg.OnRebuild != nil {
+		for _, r := range rebuilt {
+			cfg.OnRebuild(r.route, r.routable)
+		}
 	}
 	return nil
 }
@@ -297,12 +303,25 @@ func (b *Balancer) SetConfig(cfg Config) error {
 // Update rebuilds the pickers of routes whose routable backends changed.
 func (b *Balancer) Update(st *healthcheck.State) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.last = st
-	b.updateLocked(st, false)
+	rebuilt := b.updateLocked(st, false)
+	onRebuild := b.cfg.OnRebuild
+	b.mu.Unlock()
+	if onRebuild != nil {
+		for _, r := range rebuilt {
+			onRebuild(r.route, r.routable)
+		}
+	}
 }
 
-func (b *Balancer) updateLocked(st *healthcheck.State, all bool) {
+type rebuild struct {
+	route    string
+	routable int
+}
+
+// updateLocked swaps in a table for st and returns the routes it rebuilt.
+func (b *Balancer) updateLocked(st *healthcheck.State, all bool) []rebuild {
+	var rebuilt []rebuild
 	old := b.table.Load()
 	t := &table{routes: make(map[string]*picker, len(st.Routes))}
 	live := map[*grpc.ClientConn]bool{}
@@ -324,9 +343,7 @@ func (b *Balancer) updateLocked(st *healthcheck.State, all bool) {
 		if !ok || all || !slices.Equal(keys, b.routable[name]) {
 			p = b.build(name, keys)
 			b.log.Debug("picker rebuilt", "route", name, "routable", len(keys))
-			if b.cfg.OnRebuild != nil {
-				b.cfg.OnRebuild(name, len(keys))
-			}
+			rebuilt = append(rebuilt, rebuild{name, len(keys)})
 		}
 		b.routable[name] = keys
 		t.routes[name] = p
@@ -346,6 +363,7 @@ func (b *Balancer) updateLocked(st *healthcheck.State, all bool) {
 	t.dflt = t.routes[discovery.DefaultRoute]
 	t.eps = maps.Clone(b.endpoints)
 	b.table.Store(t)
+	return rebuilt
 }
 
 func (b *Balancer) build(route string, keys []routableKey) *picker {

@@ -255,6 +255,11 @@ func (c *Config) Validate() error {
 	if c.Register.Enabled && c.Consul.Address == "" {
 		return errors.New("register.enabled: needs consul.address")
 	}
+	if host, _, err := net.SplitHostPort(c.Listen); err == nil && c.Register.Enabled && c.Register.Address == "" {
+		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+			return fmt.Errorf("register.address: required when listen (%q) is a wildcard address: Consul must advertise an address clients can reach", c.Listen)
+		}
+	}
 	switch strings.ToLower(c.Log.Level) {
 	case "", "debug", "info", "warn", "error":
 	default:

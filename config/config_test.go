@@ -38,6 +38,9 @@ func TestBadConfigNamesTheField(t *testing.T) {
 		{"log:\n  level: loud\n", "log.level"},
 		{"lsiten: x\n", "field lsiten not found"},
 		{"health:\n  drain_grace: soon\n", "drain_grace"},
+		{"listen: 0.0.0.0:9000\nconsul: {address: '127.0.0.1:8500'}\nregister: {enabled: true}\n", "register.address"},
+		{"register: {enabled: true}\n", "register.enabled"},
+		{"admin: 10.1.2.3:9901\n", "admin_public"},
 	}
 	for _, tc := range cases {
 		_, err := Parse([]byte(tc.yaml))

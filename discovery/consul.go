@@ -91,6 +91,18 @@ func NewConsul(cfg ConsulConfig, logger *slog.Logger) (*Consul, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	ac := APIConfig(cfg)
+	client, err := api.NewClient(ac)
+	if err != nil {
+		return nil, fmt.Errorf("discovery: consul %s: %w", cfg.Address, err)
+	}
+	return &Consul{cfg: cfg, client: client, log: logger.With("component", "discovery", "consul", cfg.Address)}, nil
+}
+
+// APIConfig is the Consul API client configuration for cfg: address (with
+// its scheme), token, datacenter and TLS. Everything in healthgate that talks
+// to Consul builds its client from it.
+func APIConfig(cfg ConsulConfig) *api.Config {
 	ac := &api.Config{
 		Address:    cfg.Address,
 		Token:      cfg.Token,
@@ -109,11 +121,7 @@ func NewConsul(cfg ConsulConfig, logger *slog.Logger) (*Consul, error) {
 	} else if u, ok := strings.CutPrefix(ac.Address, "http://"); ok {
 		ac.Address = u
 	}
-	client, err := api.NewClient(ac)
-	if err != nil {
-		return nil, fmt.Errorf("discovery: consul %s: %w", cfg.Address, err)
-	}
-	return &Consul{cfg: cfg, client: client, log: logger.With("component", "discovery", "consul", cfg.Address)}, nil
+	return ac
 }
 
 // watchKey is one health query: a service with a tag filter.
@@ -309,7 +317,14 @@ func endpointOf(e *api.ServiceEntry) Endpoint {
 	if host == "" {
 		host = e.Node.Address
 	}
+	status := e.Checks.AggregatedStatus()
 	w := e.Service.Weights.Passing
+	if status == api.HealthWarning {
+		// Consul's own weighting: an instance with a warning gets its
+		// Warning weight (it is used at all only with allow_unhealthy or
+		// when warnings count as passing).
+		w = e.Service.Weights.Warning
+	}
 	if w < 1 {
 		w = 1
 	}
@@ -318,7 +333,7 @@ func endpointOf(e *api.ServiceEntry) Endpoint {
 		Weight: w,
 		Tags:   e.Service.Tags,
 		Meta:   e.Service.Meta,
-		Status: e.Checks.AggregatedStatus(),
+		Status: status,
 	}
 }
 

@@ -21,6 +21,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	// Clients may compress their messages with gzip; the gateway's
+	// listener must be able to read them. They go on to the backend
+	// uncompressed: compression is per hop.
+	_ "google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/healthgate/healthgate/admin"
@@ -200,21 +204,9 @@ func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discov
 		srcs = append(srcs, static)
 	}
 	if cfg.Consul.Address != "" {
-		c, err := discovery.NewConsul(discovery.ConsulConfig{
-			Address:        cfg.Consul.Address,
-			Token:          cfg.Consul.Token,
-			Datacenter:     cfg.Consul.Datacenter,
-			Tags:           cfg.Consul.Tags,
-			AllowUnhealthy: cfg.Consul.AllowUnhealthy,
-			RouteTag:       cfg.Consul.RouteTag,
-			AutoRoutes:     !cfg.Consul.DisableAutoRoutes,
-			Routes:         consulRoutes,
-			TLS: discovery.ConsulTLS{
-				CAFile: cfg.Consul.TLS.CAFile, CertFile: cfg.Consul.TLS.CertFile, KeyFile: cfg.Consul.TLS.KeyFile,
-				ServerName: cfg.Consul.TLS.ServerName, InsecureSkipVerify: cfg.Consul.TLS.InsecureSkipVerify,
-			},
-			OnQuery: m.ConsulQuery,
-		}, logger)
+		cc := consulConfig(cfg)
+		cc.Routes, cc.OnQuery = consulRoutes, m.ConsulQuery
+		c, err := discovery.NewConsul(cc, logger)
 		if err != nil {
 			return nil, err
 		}
@@ -226,6 +218,23 @@ func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discov
 		return nil, errors.New("gateway: nothing to route: no routes with backends and no consul.address")
 	}
 	return discovery.Merge(srcs...), nil
+}
+
+// consulConfig is the Consul part of cfg, without the routes.
+func consulConfig(cfg config.Config) discovery.ConsulConfig {
+	return discovery.ConsulConfig{
+		Address:        cfg.Consul.Address,
+		Token:          cfg.Consul.Token,
+		Datacenter:     cfg.Consul.Datacenter,
+		Tags:           cfg.Consul.Tags,
+		AllowUnhealthy: cfg.Consul.AllowUnhealthy,
+		RouteTag:       cfg.Consul.RouteTag,
+		AutoRoutes:     !cfg.Consul.DisableAutoRoutes,
+		TLS: discovery.ConsulTLS{
+			CAFile: cfg.Consul.TLS.CAFile, CertFile: cfg.Consul.TLS.CertFile, KeyFile: cfg.Consul.TLS.KeyFile,
+			ServerName: cfg.Consul.TLS.ServerName, InsecureSkipVerify: cfg.Consul.TLS.InsecureSkipVerify,
+		},
+	}
 }
 
 // State is the latest published state; nil before the first.
@@ -345,8 +354,8 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		var err error
 		reg, err = register.Register(rctx, register.Config{
-			ConsulAddr: cfg.Consul.Address, Token: cfg.Consul.Token,
-			Name: cfg.Register.Name, ID: cfg.Register.ID, Tags: cfg.Register.Tags,
+			Consul: discovery.APIConfig(consulConfig(cfg)),
+			Name:   cfg.Register.Name, ID: cfg.Register.ID, Tags: cfg.Register.Tags,
 			Addr: addr, Interval: cfg.Register.Interval,
 		})
 		cancel()

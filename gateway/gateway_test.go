@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -117,5 +119,24 @@ func TestB11_UnroutedServiceIsUnimplemented(t *testing.T) {
 	_, err := testutil.Unary(ctx, cc, "/other.Svc/Echo", []byte("x"))
 	if st := status.Convert(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "other.Svc") {
 		t.Fatalf("got %v, want UNIMPLEMENTED naming other.Svc", err)
+	}
+}
+
+func TestGzipCompressedCallsPass(t *testing.T) {
+	b := testutil.StartBackend(t)
+	h := startGateway(t, config.Config{Routes: []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}}})
+	h.routable(t, testutil.TestService, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	payload := []byte(strings.Repeat("compress me ", 100))
+	got, err := testutil.Unary(ctx, testutil.Dial(t, h.addr), "/test.Svc/Echo", payload, grpc.UseCompressor(gzip.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(payload) {
+		t.Fatalf("got %d bytes back, not the %d sent", len(got), len(payload))
+	}
+	if c := b.NextCall(t); len(c.Messages) != 1 || string(c.Messages[0]) != string(payload) {
+		t.Fatalf("the backend got %q", c.Messages)
 	}
 }

@@ -107,28 +107,35 @@ func (b *backend) monitor() {
 }
 
 func (b *backend) setConn(st connectivity.State) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	ready := st == connectivity.Ready
-	if ready == b.ready {
-		return
-	}
+	b.mu.Lock()
+	wasReady := b.ready
 	b.ready = ready
-	if ready {
+	switch {
+	case ready && !wasReady:
 		b.connReason = ""
-		b.log.Info("backend connected")
 		for svc, w := range b.watches {
 			// The reason still names the connection state; until the new
 			// Watch answers, what the backend waits for is that answer.
 			w.set(healthpb.HealthCheckResponse_UNKNOWN, false, waitingReason)
 			b.startLocked(svc, w)
 		}
-	} else {
+	case !ready:
+		// Every change while not ready is news for /backends: connecting,
+		// refused (TRANSIENT_FAILURE), idle after a GOAWAY.
 		b.connReason = "connection " + st.String()
-		b.log.Info("backend connection lost", "state", st.String())
 		for _, w := range b.watches {
 			b.stopLocked(w, healthpb.HealthCheckResponse_UNKNOWN, b.connReason)
 		}
+	}
+	b.mu.Unlock()
+	switch {
+	case ready && !wasReady:
+		b.log.Info("backend connected")
+	case !ready && wasReady:
+		b.log.Info("backend connection lost", "state", st.String())
+	case !ready:
+		b.log.Debug("backend connection state", "state", st.String())
 	}
 	b.c.poke()
 }

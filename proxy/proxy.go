@@ -232,9 +232,10 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, 
 
 	// Headers go to the client as soon as the backend sends them, before any
 	// message and whatever follows. A backend that answers with a
-	// trailers-only response has no headers to pass on: Header fails and
-	// the status comes from RecvMsg below, exactly as a direct client sees it.
-	if md, err := cs.Header(); err == nil {
+	// trailers-only response (a status and nothing else) has no headers to
+	// pass on: Header returns nil metadata, and the client must get a
+	// trailers-only response too, or its retry policy would not apply.
+	if md, _ := cs.Header(); md != nil {
 		if err := ss.SendHeader(md); err != nil {
 			return clientError(ctx, err)
 		}

@@ -606,3 +606,26 @@ func serveB(b *testing.B, p *proxy.Proxy) string {
 	b.Cleanup(srv.Stop)
 	return lis.Addr().String()
 }
+
+// A backend's status-only answer stays status-only through the gateway, so
+// that a client's retry policy (which retries only those) works as it does
+// against the backend directly.
+func TestB03_TrailersOnlyStaysTrailersOnly(t *testing.T) {
+	retry := grpc.WithDefaultServiceConfig(`{"methodConfig":[{"name":[{"service":"test.Svc"}],
+		"retryPolicy":{"maxAttempts":4,"initialBackoff":"0.001s","maxBackoff":"0.01s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]}`)
+	e := newEnv(t, proxy.Config{}, nil, retry)
+	e.backend.FailWith.Store(int32(codes.Unavailable))
+	for _, path := range []struct {
+		name string
+		cc   *grpc.ClientConn
+	}{{"direct", e.direct}, {"gateway", e.gw}} {
+		e.backend.Drain()
+		_, err := testutil.Unary(ctxT(t), path.cc, "/test.Svc/Echo", []byte("x"))
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("%s: %v, want UNAVAILABLE", path.name, err)
+		}
+		if n := len(e.backend.Calls()); n != 4 {
+			t.Fatalf("%s: the backend saw %d attempts, want the 4 of the retry policy", path.name, n)
+		}
+	}
+}

@@ -17,8 +17,9 @@ import (
 
 // Config of the registration.
 type Config struct {
-	// Consul agent address and ACL token.
-	ConsulAddr, Token string
+	// Consul is the agent's API configuration (discovery.APIConfig builds
+	// it with the gateway's address, token, datacenter and TLS).
+	Consul *api.Config
 	// Name, ID and Tags of the service. ID defaults to name-host-port.
 	Name, ID string
 	Tags     []string
@@ -48,10 +49,15 @@ func Register(ctx context.Context, cfg Config) (*Registration, error) {
 	if id == "" {
 		id = fmt.Sprintf("%s-%s-%d", cfg.Name, strings.ReplaceAll(host, ":", "_"), port)
 	}
-	addr := strings.TrimPrefix(strings.TrimPrefix(cfg.ConsulAddr, "http://"), "https://")
-	client, err := api.NewClient(&api.Config{Address: addr, Token: cfg.Token})
+	if cfg.Consul == nil {
+		return nil, fmt.Errorf("register: no consul configuration")
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return nil, fmt.Errorf("register: address %q: a wildcard host cannot be reached by clients; set register.address", cfg.Addr)
+	}
+	client, err := api.NewClient(cfg.Consul)
 	if err != nil {
-		return nil, fmt.Errorf("register: consul %s: %w", cfg.ConsulAddr, err)
+		return nil, fmt.Errorf("register: consul %s: %w", cfg.Consul.Address, err)
 	}
 	reg := &api.AgentServiceRegistration{
 		ID: id, Name: cfg.Name, Address: host, Port: port, Tags: cfg.Tags,

@@ -14,6 +14,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/healthgate/healthgate/config"
+	"github.com/healthgate/healthgate/discovery"
 	"github.com/healthgate/healthgate/gateway"
 	"github.com/healthgate/healthgate/internal/testutil"
 	"github.com/healthgate/healthgate/register"
@@ -151,7 +152,7 @@ func TestRegisterAndDeregister(t *testing.T) {
 	defer cancel()
 	// A URL works as the Consul address too.
 	reg, err := register.Register(ctx, register.Config{
-		ConsulAddr: "http://" + c.Addr, Name: "gw", ID: "gw-1", Addr: "127.0.0.1:1234", Interval: 10 * time.Second,
+		Consul: discovery.APIConfig(discovery.ConsulConfig{Address: "http://" + c.Addr}), Name: "gw", ID: "gw-1", Addr: "127.0.0.1:1234", Interval: 10 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -178,8 +179,9 @@ func TestRegisterAndDeregister(t *testing.T) {
 	for _, tc := range []struct{ addr, want string }{
 		{"nohost", `register: address "nohost"`},
 		{"127.0.0.1:port", `register: port "port"`},
+		{"0.0.0.0:9000", "wildcard host"},
 	} {
-		_, err := register.Register(ctx, register.Config{ConsulAddr: c.Addr, Name: "gw", Addr: tc.addr, Interval: time.Second})
+		_, err := register.Register(ctx, register.Config{Consul: &api.Config{Address: c.Addr}, Name: "gw", Addr: tc.addr, Interval: time.Second})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Register with address %q: %v, want an error with %q", tc.addr, err, tc.want)
 		}
