@@ -7,7 +7,6 @@ import (
 	"context"
 	"image"
 	"image/png"
-	"net"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -22,7 +21,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/healthgate/healthgate/config"
-	"github.com/healthgate/healthgate/gateway"
+	"github.com/healthgate/healthgate/internal/gatewaytest"
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
@@ -49,29 +48,12 @@ func TestUIStatusPage(t *testing.T) {
 	other.Health.SetServingStatus("other.Svc", healthpb.HealthCheckResponse_SERVING)
 	down.Health.SetServingStatus(testutil.TestService, healthpb.HealthCheckResponse_NOT_SERVING)
 
-	g, err := gateway.New(config.Config{
+	g := gatewaytest.Start(t, config.Config{
 		Routes: []config.Route{
 			{Service: testutil.TestService, Backends: []string{up1.Addr, down.Addr}},
 			{Service: "other.Svc", Backends: []string{other.Addr}},
 		},
-		Shutdown: config.Shutdown{DrainDelay: time.Millisecond},
-	}, testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx, lis) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway Run: %v", err)
-		}
-	})
+	}, nil)
 	testutil.WaitFor(t, 10*time.Second, "every backend's health to be known", func() bool {
 		st := g.State()
 		if st == nil || !st.Synced {

@@ -3,7 +3,6 @@ package gateway_test
 import (
 	"context"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/healthgate/healthgate/config"
-	"github.com/healthgate/healthgate/gateway"
+	"github.com/healthgate/healthgate/internal/gatewaytest"
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
@@ -24,62 +23,30 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // harness is a running gateway.
 type harness struct {
-	g    *gateway.Gateway
+	g    *gatewaytest.Gateway
 	addr string
 	// stop cancels the gateway's context: it drains, and done is closed
-	// when Run has returned (runErr is its error). The test's cleanup stops
-	// it too.
-	stop   context.CancelFunc
-	done   chan struct{}
-	runErr error
+	// when Run has returned.
+	stop context.CancelFunc
+	done chan struct{}
 }
 
 // startGateway runs a gateway on a free loopback port until the test ends.
 func startGateway(t *testing.T, cfg config.Config) *harness {
 	t.Helper()
-	return startGatewayLog(t, cfg, testutil.Logger(t))
+	return startGatewayLog(t, cfg, nil)
 }
 
 func startGatewayLog(t *testing.T, cfg config.Config, logger *slog.Logger) *harness {
 	t.Helper()
-	if cfg.Shutdown.DrainDelay == 0 {
-		cfg.Shutdown.DrainDelay = time.Millisecond
-	}
-	g, err := gateway.New(cfg, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{g: g, addr: lis.Addr().String(), stop: cancel, done: make(chan struct{})}
-	go func() {
-		h.runErr = g.Run(ctx, lis)
-		close(h.done)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-h.done
-		if h.runErr != nil {
-			t.Errorf("gateway Run: %v", h.runErr)
-		}
-	})
-	return h
+	g := gatewaytest.Start(t, cfg, logger)
+	return &harness{g: g, addr: g.Addr, stop: g.Stop, done: g.Done}
 }
 
 // routable waits until route has n routable backends.
 func (h *harness) routable(t *testing.T, route string, n int) {
 	t.Helper()
-	testutil.WaitFor(t, 10*time.Second, "route "+route+" to have routable backends", func() bool {
-		st := h.g.State()
-		if st == nil {
-			return false
-		}
-		r, ok := st.Routes[route]
-		return ok && r.Routable() == n
-	})
+	h.g.WaitRoutable(t, route, n)
 }
 
 func TestB10_NoRoutableBackendIsUnavailableAtOnce(t *testing.T) {

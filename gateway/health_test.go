@@ -25,15 +25,7 @@ func TestB40_RouteHealthFollowsMinHealthy(t *testing.T) {
 	}
 	next := func(want healthpb.HealthCheckResponse_ServingStatus) {
 		t.Helper()
-		for {
-			resp, err := w.Recv()
-			if err != nil {
-				t.Fatalf("Watch: %v", err)
-			}
-			if resp.Status == want {
-				return
-			}
-		}
+		watchUntil(t, w, want)
 	}
 	check := func(want healthpb.HealthCheckResponse_ServingStatus) {
 		t.Helper()
@@ -72,15 +64,7 @@ func TestB42_WholeGatewayAndList(t *testing.T) {
 	}
 	next := func(want healthpb.HealthCheckResponse_ServingStatus) {
 		t.Helper()
-		for {
-			resp, err := w.Recv()
-			if err != nil {
-				t.Fatalf("Watch: %v", err)
-			}
-			if resp.Status == want {
-				return
-			}
-		}
+		watchUntil(t, w, want)
 	}
 	next(healthpb.HealthCheckResponse_SERVING)
 	h.routable(t, testutil.TestService, 1)
@@ -111,4 +95,18 @@ func TestB42_WholeGatewayAndList(t *testing.T) {
 	// ... and turns NOT_SERVING when none can.
 	b.Health.SetServingStatus("other.Svc", healthpb.HealthCheckResponse_NOT_SERVING)
 	next(healthpb.HealthCheckResponse_NOT_SERVING)
+}
+
+// watchUntil reads a health Watch stream until it reports want.
+func watchUntil(t *testing.T, w healthpb.Health_WatchClient, want healthpb.HealthCheckResponse_ServingStatus) {
+	t.Helper()
+	for {
+		resp, err := w.Recv()
+		if err != nil {
+			t.Fatalf("Watch ended before %v: %v", want, err)
+		}
+		if resp.Status == want {
+			return
+		}
+	}
 }

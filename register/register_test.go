@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ import (
 
 	"github.com/healthgate/healthgate/config"
 	"github.com/healthgate/healthgate/discovery"
-	"github.com/healthgate/healthgate/gateway"
+	"github.com/healthgate/healthgate/internal/gatewaytest"
 	"github.com/healthgate/healthgate/internal/testutil"
 	"github.com/healthgate/healthgate/register"
 )
@@ -48,31 +49,15 @@ func TestGatewayRegistersItselfAndLeavesOnDrain(t *testing.T) {
 
 	const name = "healthgate-test"
 	const drainDelay = 2 * time.Second
-	g, err := gateway.New(config.Config{
+	g := gatewaytest.Start(t, config.Config{
 		Consul: config.Consul{Address: c.Addr},
 		// Consul runs checks at most once a second.
 		Register: config.Register{Enabled: true, Name: name, Tags: []string{"edge"}, Interval: time.Second},
 		Shutdown: config.Shutdown{DrainDelay: drainDelay},
-	}, testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().(*net.TCPAddr)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx, lis) }()
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			cancel()
-			<-done
-		}
-	})
-
+	}, nil)
+	_, portStr, _ := net.SplitHostPort(g.Addr)
+	port, _ := strconv.Atoi(portStr)
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
 	client := c.Client(t, "")
 	id := fmt.Sprintf("%s-127.0.0.1-%d", name, addr.Port)
 	var entry *api.CatalogService
@@ -118,15 +103,15 @@ func TestGatewayRegistersItselfAndLeavesOnDrain(t *testing.T) {
 	// Drain: the registration goes first, while the gateway still serves
 	// out its drain delay.
 	cancelled := time.Now()
-	cancel()
+	g.Stop()
 	testutil.WaitFor(t, 10*time.Second, "the gateway to leave Consul's catalog", func() bool {
 		svcs, _, err := client.Catalog().Service(name, "", nil)
 		return err == nil && len(svcs) == 0
 	})
 	left := time.Since(cancelled)
 	select {
-	case err := <-done:
-		t.Fatalf("Run returned (%v) before the deregistration was seen; it must come first", err)
+	case <-g.Done:
+		t.Fatal("Run returned before the deregistration was seen; it must come first")
 	default:
 	}
 	if left >= drainDelay {
@@ -135,12 +120,8 @@ func TestGatewayRegistersItselfAndLeavesOnDrain(t *testing.T) {
 	if _, ok := gatewayCheck(t, client, name, id); ok {
 		t.Fatal("the gateway's check outlived its service")
 	}
-	stopped = true
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
+	case <-g.Done:
 	case <-time.After(15 * time.Second):
 		t.Fatal("Run did not return after the drain")
 	}

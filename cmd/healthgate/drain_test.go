@@ -51,20 +51,7 @@ func TestB43_SigtermDrains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echo := func(s string) error {
-		m := []byte(s)
-		if err := stream.SendMsg(&m); err != nil {
-			return err
-		}
-		var got []byte
-		if err := stream.RecvMsg(&got); err != nil {
-			return err
-		}
-		if string(got) != s {
-			return fmt.Errorf("echo: got %q, want %q", got, s)
-		}
-		return nil
-	}
+	echo := func(s string) error { return testutil.Echo(stream, s) }
 	if err := echo("before"); err != nil {
 		t.Fatal(err)
 	}

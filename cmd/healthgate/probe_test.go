@@ -2,9 +2,7 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +10,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/healthgate/healthgate/config"
-	"github.com/healthgate/healthgate/gateway"
+	"github.com/healthgate/healthgate/internal/gatewaytest"
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
@@ -20,31 +18,11 @@ import (
 // waits until it routes its one route.
 func startInProcessGateway(t *testing.T, backend string) string {
 	t.Helper()
-	g, err := gateway.New(config.Config{
-		Routes:   []config.Route{{Service: testutil.TestService, Backends: []string{backend}}},
-		Shutdown: config.Shutdown{DrainDelay: time.Millisecond},
-	}, testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx, lis) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway Run: %v", err)
-		}
-	})
-	testutil.WaitFor(t, 10*time.Second, "the gateway to route test.Svc", func() bool {
-		st := g.State()
-		return st != nil && st.Routes[testutil.TestService] != nil && st.Routes[testutil.TestService].Routable() == 1
-	})
-	return lis.Addr().String()
+	g := gatewaytest.Start(t, config.Config{
+		Routes: []config.Route{{Service: testutil.TestService, Backends: []string{backend}}},
+	}, nil)
+	g.WaitRoutable(t, testutil.TestService, 1)
+	return g.Addr
 }
 
 func TestProbeExitCodes(t *testing.T) {

@@ -5,6 +5,7 @@ package testutil
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -380,4 +381,20 @@ func (r *LogRecorder) Count(level slog.Level, substr string) int {
 		}
 	}
 	return n
+}
+
+// Echo sends s on a stream to an Echo method and checks that it comes back.
+func Echo(stream grpc.ClientStream, s string) error {
+	m := []byte(s)
+	if err := stream.SendMsg(&m); err != nil {
+		return err
+	}
+	var got []byte
+	if err := stream.RecvMsg(&got); err != nil {
+		return err
+	}
+	if string(got) != s {
+		return fmt.Errorf("echo: got %q, want %q", got, s)
+	}
+	return nil
 }
