@@ -163,6 +163,13 @@ func serverOptions() []grpc.ServerOption {
 		// between connections cost more than it saved.
 		grpc.ReadBufferSize(64 << 10),
 		grpc.WriteBufferSize(64 << 10),
+		// Static flow-control windows turn off grpc's BDP estimation, whose
+		// PING round trips on every busy connection cost more than they
+		// bought here (make bench: bidi msg/s 0.7x -> 0.87x HAProxy's, less
+		// CPU per call); 1 MiB per stream and 4 MiB per connection keep a
+		// 1 MiB message in one window.
+		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialConnWindowSize(4 << 20),
 	}
 }
 
@@ -176,6 +183,8 @@ func backendDialOptions() []grpc.DialOption {
 		// would only go back to the backend that just refused, and keeping
 		// every message for it costs a buffer per call.
 		grpc.WithDisableRetry(),
+		grpc.WithInitialWindowSize(1 << 20),
+		grpc.WithInitialConnWindowSize(4 << 20),
 		// A backend that restarts should be back in rotation in well under
 		// a second, not after grpc's default 1s-120s backoff.
 		grpc.WithConnectParams(grpc.ConnectParams{
