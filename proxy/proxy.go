@@ -209,6 +209,7 @@ func pickStatus(err error) *status.Status {
 }
 
 func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, method string, n *byteCounts) error {
+	arrived := time.Now()
 	if _, ok := ctx.Deadline(); !ok && p.cfg.DefaultTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.DefaultTimeout)
@@ -225,7 +226,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, 
 	}
 	cs, err := up.NewStream(metadata.NewOutgoingContext(ctx, outgoingMD(ctx)), &streamDesc, method, opts...)
 	if err != nil {
-		return clientError(ctx, err)
+		return clientError(ctx, arrived, err)
 	}
 
 	go p.forwardRequests(ss, cs, cancel, &n.req)
@@ -237,7 +238,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, 
 	// trailers-only response too, or its retry policy would not apply.
 	if md, _ := cs.Header(); md != nil {
 		if err := ss.SendHeader(md); err != nil {
-			return clientError(ctx, err)
+			return clientError(ctx, arrived, err)
 		}
 	}
 	var f Frame
@@ -247,12 +248,12 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, 
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return clientError(ctx, err)
+			return clientError(ctx, arrived, err)
 		}
 		n.resp += int64(f.Len())
 		if err := ss.SendMsg(&f); err != nil {
 			f.Free()
-			return clientError(ctx, err)
+			return clientError(ctx, arrived, err)
 		}
 	}
 }
@@ -287,7 +288,7 @@ func (p *Proxy) forwardRequests(ss grpc.ServerStream, cs grpc.ClientStream, canc
 // clientError is the status the client gets. When the call ended because of
 // the client's own side (a message over the limit, a cancel, a deadline),
 // that cause wins over what the cancelled backend call reports.
-func clientError(ctx context.Context, err error) error {
+func clientError(ctx context.Context, arrived time.Time, err error) error {
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		if st, ok := status.FromError(cause); ok {
 			return st.Err()
@@ -295,11 +296,15 @@ func clientError(ctx context.Context, err error) error {
 		return status.FromContextError(cause).Err()
 	}
 	if ctx.Err() != nil {
-		// A client whose deadline passes resets the stream, which can reach
-		// the gateway before its own timer fires: the call still ended by
-		// deadline, not by a cancel.
-		if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
-			return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+		// A client whose deadline passes resets the stream, and the reset
+		// reaches the gateway a little before its own copy of the deadline
+		// (grpc-timeout is measured from the arrival): a cancel that close
+		// to the deadline is the deadline, not a cancel.
+		if d, ok := ctx.Deadline(); ok {
+			slack := max(5*time.Millisecond, d.Sub(arrived)/20)
+			if !time.Now().Before(d.Add(-slack)) {
+				return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+			}
 		}
 		if _, isStatus := status.FromError(err); !isStatus {
 			return status.FromContextError(ctx.Err()).Err()
