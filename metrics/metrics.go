@@ -98,7 +98,7 @@ func New(accessLog *slog.Logger) *Metrics {
 		}),
 		payload: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "healthgate_proxy_payload_bytes_total",
-			Help: "Message payload bytes forwarded: request is client to backend, response backend to client.",
+			Help: "Message payload bytes forwarded: request is client to backend, response backend to client. Counted when a call ends: request bytes a client still sends after the backend ended the call are not counted.",
 		}, []string{"direction"}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "healthgate_backend_health_transitions_total",
