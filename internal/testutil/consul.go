@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -31,6 +32,7 @@ type Consul struct {
 	out   *bytes.Buffer
 	exit  chan struct{}
 	extra []string
+	nodes int // agents started, for unique node names; guarded by mu
 }
 
 // ConsulBinary finds the consul binary: $HEALTHGATE_CONSUL, or the one
@@ -78,26 +80,51 @@ func moduleRoot() (string, error) {
 func StartConsul(t testing.TB, extra ...string) *Consul {
 	t.Helper()
 	c := &Consul{bin: ConsulBinary(t), t: t, extra: extra}
-	for i := range c.ports {
-		c.ports[i] = FreePort(t)
+	// Free ports are only free a moment ago: a test package running next
+	// to this one may take one before the agent binds it. An agent that
+	// cannot bind exits at once; try again on other ports.
+	for attempt := 1; ; attempt++ {
+		for i := range c.ports {
+			c.ports[i] = FreePort(t)
+		}
+		c.Addr = fmt.Sprintf("127.0.0.1:%d", c.ports[0])
+		err := c.start()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errExitedEarly) || attempt == 5 {
+			t.Fatalf("consul: %v", err)
+		}
+		t.Logf("consul: attempt %d: %v; trying other ports", attempt, err)
 	}
-	c.Addr = fmt.Sprintf("127.0.0.1:%d", c.ports[0])
-	c.Start()
 	t.Cleanup(c.Stop)
 	return c
 }
 
-// Start (re)starts the agent on the same ports. A dev agent keeps nothing
+var (
+	errExitedEarly = errors.New("agent exited early")
+	errForbidden   = errors.New("forbidden by ACL")
+)
+
+// Start restarts the agent on the same ports. A dev agent keeps nothing
 // across restarts, like a Consul that lost its state.
 func (c *Consul) Start() {
 	c.t.Helper()
+	if err := c.start(); err != nil {
+		c.t.Fatalf("consul: %v", err)
+	}
+}
+
+func (c *Consul) start() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.cmd != nil {
-		c.t.Fatal("consul: already running")
+		return errors.New("already running")
 	}
+	c.nodes++
+	node := fmt.Sprintf("healthgate-test-%d-%d", os.Getpid(), c.ports[0]+c.nodes)
 	c.out = new(bytes.Buffer)
-	cmd := exec.Command(c.bin, "agent", "-dev",
+	cmd := exec.Command(c.bin, "agent", "-dev", "-node", node,
 		"-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", strconv.Itoa(c.ports[0]),
 		"-serf-lan-port", strconv.Itoa(c.ports[1]),
@@ -107,35 +134,66 @@ func (c *Consul) Start() {
 		"-log-level", "warn",
 	)
 	cmd.Args = append(cmd.Args, c.extra...)
-	cmd.Stdout, cmd.Stderr = c.out, c.out
+	out := c.out
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		c.t.Fatalf("consul: start %s: %v", c.bin, err)
+		return fmt.Errorf("start %s: %w", c.bin, err)
 	}
-	c.cmd = cmd
-	c.exit = make(chan struct{})
-	go func(exit chan struct{}) { cmd.Wait(); close(exit) }(c.exit) //nolint:errcheck // a killed agent exits non-zero
-	c.t.Logf("consul: started a real consul agent -dev (pid %d) on %s", cmd.Process.Pid, c.Addr)
+	exit := make(chan struct{})
+	go func() { cmd.Wait(); close(exit) }() //nolint:errcheck // a killed agent exits non-zero
+	c.cmd, c.exit = cmd, exit
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get("http://" + c.Addr + "/v1/status/leader")
-		if err == nil {
-			var b bytes.Buffer
-			b.ReadFrom(resp.Body) //nolint:errcheck // an empty body means no leader yet
-			resp.Body.Close()
-			if resp.StatusCode == 200 && len(bytes.Trim(b.Bytes(), "\" \n")) > 0 {
-				return
-			}
+		// The agent that answers must be this one: with a port taken by
+		// another test's agent, that one would answer instead.
+		if c.isUp(node) {
+			c.t.Logf("consul: started a real consul agent -dev (pid %d, node %s) on %s", cmd.Process.Pid, node, c.Addr)
+			return nil
 		}
 		select {
-		case <-c.exit:
-			c.t.Fatalf("consul: agent exited early:\n%s", c.out)
+		case <-exit:
+			c.cmd = nil
+			return fmt.Errorf("%w:\n%s", errExitedEarly, out)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("consul: no leader within 30s:\n%s", c.out)
+			cmd.Process.Kill() //nolint:errcheck // giving up on it
+			<-exit
+			c.cmd = nil
+			return fmt.Errorf("no leader within 30s:\n%s", out)
 		}
 	}
+}
+
+// isUp reports whether the agent named node answers and has a leader.
+func (c *Consul) isUp(node string) bool {
+	var self struct{ Config struct{ NodeName string } }
+	err := getJSON("http://"+c.Addr+"/v1/agent/self", &self)
+	switch {
+	case errors.Is(err, errForbidden):
+		// With ACLs on, the anonymous token may not read the agent: the
+		// leader check has to do.
+	case err != nil || self.Config.NodeName != node:
+		return false
+	}
+	var leader string
+	return getJSON("http://"+c.Addr+"/v1/status/leader", &leader) == nil && leader != ""
+}
+
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusForbidden {
+		return errForbidden
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // Stop kills the agent and waits for it to exit.
