@@ -11,6 +11,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/pprof"
 	"slices"
@@ -101,7 +102,7 @@ func Ready(g Gateway) (bool, string) {
 		return false, "no routes"
 	}
 	var short []string
-	for _, name := range slices.Sorted(mapKeys(st.Routes)) {
+	for _, name := range slices.Sorted(maps.Keys(st.Routes)) {
 		r := st.Routes[name]
 		if n, want := r.Routable(), g.MinHealthy(name); n < want {
 			short = append(short, fmt.Sprintf("%s has %d of %d routable backends", name, n, want))
@@ -111,16 +112,6 @@ func Ready(g Gateway) (bool, string) {
 		return false, strings.Join(short, "; ")
 	}
 	return true, ""
-}
-
-func mapKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // View is the /backends document.
@@ -171,7 +162,7 @@ func Snapshot(g Gateway) View {
 		return v
 	}
 	v.Version, v.Synced = st.Version, st.Synced
-	for _, name := range slices.Sorted(mapKeys(st.Routes)) {
+	for _, name := range slices.Sorted(maps.Keys(st.Routes)) {
 		r := st.Routes[name]
 		rv := RouteView{Route: name, HealthService: r.HealthService, Routable: r.Routable(), MinHealthy: g.MinHealthy(name), Backends: []BackendView{}}
 		rv.Serving = rv.Routable >= rv.MinHealthy && !v.Draining

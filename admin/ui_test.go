@@ -7,6 +7,7 @@ import (
 	"context"
 	"image"
 	"image/png"
+	"maps"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -92,7 +93,7 @@ func TestUIStatusPage(t *testing.T) {
 		},
 	}
 	sections := routeSections(dom)
-	if got := slices.Sorted(mapKeysOf(sections)); !slices.Equal(got, []string{"other.Svc", testutil.TestService}) {
+	if got := slices.Sorted(maps.Keys(sections)); !slices.Equal(got, []string{"other.Svc", testutil.TestService}) {
 		t.Fatalf("the page shows routes %q, want other.Svc and %s\n%s", got, testutil.TestService, dom)
 	}
 	for route, backends := range want {
@@ -104,7 +105,7 @@ func TestUIStatusPage(t *testing.T) {
 		}
 		rows := backendRows(sec)
 		if len(rows) != len(backends) {
-			t.Errorf("route %s shows %d backends, want %d: %q", route, len(rows), len(backends), slices.Sorted(mapKeysOf(rows)))
+			t.Errorf("route %s shows %d backends, want %d: %q", route, len(rows), len(backends), slices.Sorted(maps.Keys(rows)))
 		}
 		for addr, wantPills := range backends {
 			row, ok := rows[addr]
@@ -207,16 +208,6 @@ func between(s, start, end string) string {
 		return s[i:]
 	}
 	return s[i : i+j+len(end)]
-}
-
-func mapKeysOf[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // checkSummary wants the header to say READY with the two routes.

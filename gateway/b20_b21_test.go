@@ -19,20 +19,7 @@ import (
 
 // backendIn finds addr among route's backends in the gateway's state.
 func (h *harness) backendIn(route, addr string) (healthcheck.Backend, bool) {
-	st := h.g.State()
-	if st == nil {
-		return healthcheck.Backend{}, false
-	}
-	r, ok := st.Routes[route]
-	if !ok {
-		return healthcheck.Backend{}, false
-	}
-	for _, b := range r.Backends {
-		if b.Addr == addr {
-			return b, true
-		}
-	}
-	return healthcheck.Backend{}, false
+	return h.g.State().Backend(route, addr)
 }
 
 // testCalls takes the finished calls to test.Svc a backend has recorded.

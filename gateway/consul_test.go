@@ -148,16 +148,8 @@ func TestB33_ConsulDownKeepsRoutingAndRecovers(t *testing.T) {
 	testutil.WaitFor(t, 15*time.Second, "the new backend in rotation", func() bool {
 		// Until b registers, the empty agent that came back lists no
 		// route at all.
-		r, ok := h.g.State().Routes[testutil.TestService]
-		if !ok {
-			return false
-		}
-		for _, be := range r.Backends {
-			if be.Addr == b.Addr && be.Routable {
-				return true
-			}
-		}
-		return false
+		be, ok := h.g.State().Backend(testutil.TestService, b.Addr)
+		return ok && be.Routable
 	})
 	if rec.Count(slog.LevelInfo, "consul reachable again") == 0 {
 		t.Error("the gateway did not log that Consul is reachable again")

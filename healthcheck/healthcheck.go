@@ -113,6 +113,21 @@ type State struct {
 	Routes map[string]*Route
 }
 
+// Backend finds addr among route's backends. A nil State has none.
+func (s *State) Backend(route, addr string) (Backend, bool) {
+	if s == nil {
+		return Backend{}, false
+	}
+	if r, ok := s.Routes[route]; ok {
+		for _, b := range r.Backends {
+			if b.Addr == addr {
+				return b, true
+			}
+		}
+	}
+	return Backend{}, false
+}
+
 // Route is one route's backends.
 type Route struct {
 	Name          string

@@ -160,30 +160,16 @@ func describe(routes map[string]*healthcheck.Route) string {
 	return b.String()
 }
 
-// backendOf finds addr among route's backends.
-func backendOf(st *healthcheck.State, route, addr string) (healthcheck.Backend, bool) {
-	r, ok := st.Routes[route]
-	if !ok {
-		return healthcheck.Backend{}, false
-	}
-	for _, b := range r.Backends {
-		if b.Addr == addr {
-			return b, true
-		}
-	}
-	return healthcheck.Backend{}, false
-}
-
 func isRoutable(route, addr string) func(*healthcheck.State) bool {
 	return func(st *healthcheck.State) bool {
-		b, ok := backendOf(st, route, addr)
+		b, ok := st.Backend(route, addr)
 		return ok && b.Routable
 	}
 }
 
 func notRoutable(route, addr string) func(*healthcheck.State) bool {
 	return func(st *healthcheck.State) bool {
-		b, ok := backendOf(st, route, addr)
+		b, ok := st.Backend(route, addr)
 		return ok && !b.Routable
 	}
 }
@@ -191,7 +177,7 @@ func notRoutable(route, addr string) func(*healthcheck.State) bool {
 // unroutableWith: listed, not routable, with that status.
 func unroutableWith(route, addr string, want healthpb.HealthCheckResponse_ServingStatus) func(*healthcheck.State) bool {
 	return func(st *healthcheck.State) bool {
-		b, ok := backendOf(st, route, addr)
+		b, ok := st.Backend(route, addr)
 		return ok && !b.Routable && b.Status == want
 	}
 }
@@ -443,10 +429,10 @@ func TestB20_NoTrafficBeforeFirstServing(t *testing.T) {
 		t.Fatalf("Watch for %q, want %q", w.service, route)
 	}
 	p, _ := st.await(t, 0, "the backend to be waiting for its first health response", func(s *healthcheck.State) bool {
-		b, ok := backendOf(s, route, srv.Addr)
+		b, ok := s.Backend(route, srv.Addr)
 		return ok && b.Reason == "waiting for the first health response"
 	})
-	b, _ := backendOf(p.State, route, srv.Addr)
+	b, _ := p.State.Backend(route, srv.Addr)
 	if b.Routable || b.Status != healthpb.HealthCheckResponse_UNKNOWN {
 		t.Fatalf("before any answer: routable=%v status=%s, want not routable, UNKNOWN", b.Routable, b.Status)
 	}
@@ -461,11 +447,11 @@ func TestB20_NoTrafficBeforeFirstServing(t *testing.T) {
 	beforeServing := st.mark()
 	hs.SetServingStatus(route, healthpb.HealthCheckResponse_SERVING)
 	p, _ = st.await(t, beforeServing, "the backend to be routable after SERVING", isRoutable(route, srv.Addr))
-	if b, _ := backendOf(p.State, route, srv.Addr); b.Status != healthpb.HealthCheckResponse_SERVING || b.Reason != "" {
+	if b, _ := p.State.Backend(route, srv.Addr); b.Status != healthpb.HealthCheckResponse_SERVING || b.Reason != "" {
 		t.Fatalf("routable backend: status %s reason %q, want SERVING and no reason", b.Status, b.Reason)
 	}
 	for _, p := range st.since(0)[:beforeServing] {
-		if b, ok := backendOf(p.State, route, srv.Addr); ok && b.Routable {
+		if b, ok := p.State.Backend(route, srv.Addr); ok && b.Routable {
 			t.Fatalf("state %d: backend routable before its first SERVING answer (status %s)", p.Version, b.Status)
 		}
 	}
@@ -481,7 +467,7 @@ func TestB21_NotServingRemovesBackendInFlightFinishes(t *testing.T) {
 			be := testutil.StartBackend(t)
 			st := startChecker(t, healthcheck.Config{}, discovery.Static{route: {be.Addr}}, nil)
 			p, _ := st.await(t, 0, "the backend to be routable", isRoutable(route, be.Addr))
-			b, _ := backendOf(p.State, route, be.Addr)
+			b, _ := p.State.Backend(route, be.Addr)
 
 			// A call in flight on the backend's connection, as the proxy
 			// would have it.
@@ -494,7 +480,7 @@ func TestB21_NotServingRemovesBackendInFlightFinishes(t *testing.T) {
 			be.Health.SetServingStatus(route, tc)
 			p, _ = st.await(t, from, "the backend to leave the rotation", notRoutable(route, be.Addr))
 			t.Logf("B21 %s: SetServingStatus -> backend not routable in the published State: %v (target < 50ms)", tc, p.At.Sub(t0))
-			gone, _ := backendOf(p.State, route, be.Addr)
+			gone, _ := p.State.Backend(route, be.Addr)
 			if gone.Status != tc || !strings.Contains(gone.Reason, tc.String()) {
 				t.Fatalf("removed backend: status %s reason %q, want %s named in the reason", gone.Status, gone.Reason, tc)
 			}
@@ -522,7 +508,7 @@ func TestB22_ServingAgainRestoresLatestWins(t *testing.T) {
 		_, i := st.await(t, from, "NOT_SERVING to remove the backend", unroutableWith(route, be.Addr, healthpb.HealthCheckResponse_NOT_SERVING))
 		be.Health.SetServingStatus(route, healthpb.HealthCheckResponse_SERVING)
 		p, _ := st.await(t, i+1, "SERVING to put the backend back", isRoutable(route, be.Addr))
-		if b, _ := backendOf(p.State, route, be.Addr); b.Status != healthpb.HealthCheckResponse_SERVING || b.Reason != "" {
+		if b, _ := p.State.Backend(route, be.Addr); b.Status != healthpb.HealthCheckResponse_SERVING || b.Reason != "" {
 			t.Fatalf("restored backend: status %s reason %q, want SERVING, no reason", b.Status, b.Reason)
 		}
 	})
@@ -566,63 +552,21 @@ func TestB22_ServingAgainRestoresLatestWins(t *testing.T) {
 	})
 }
 
-// capture records the level and message of every log record, and passes
-// the records on to the test's log.
-type capture struct {
-	inner slog.Handler
-	mu    *sync.Mutex
-	recs  *[]slog.Record // guarded by mu
-}
-
-func newCapture(t *testing.T) *capture {
-	return &capture{inner: testutil.Logger(t).Handler(), mu: new(sync.Mutex), recs: new([]slog.Record)}
-}
-
-func (c *capture) Enabled(ctx context.Context, l slog.Level) bool { return true }
-
-func (c *capture) Handle(ctx context.Context, r slog.Record) error {
-	c.mu.Lock()
-	*c.recs = append(*c.recs, r.Clone())
-	c.mu.Unlock()
-	return c.inner.Handle(ctx, r)
-}
-
-func (c *capture) WithAttrs(as []slog.Attr) slog.Handler {
-	return &capture{inner: c.inner.WithAttrs(as), mu: c.mu, recs: c.recs}
-}
-
-func (c *capture) WithGroup(name string) slog.Handler {
-	return &capture{inner: c.inner.WithGroup(name), mu: c.mu, recs: c.recs}
-}
-
-// errorMessages returns the messages of the records at level ERROR or above.
-func (c *capture) errorMessages() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []string
-	for _, r := range *c.recs {
-		if r.Level >= slog.LevelError {
-			out = append(out, r.Message)
-		}
-	}
-	return out
-}
-
 func TestB23_NoHealthServiceIsServingLoggedOnceNotRetried(t *testing.T) {
 	const base = 10 * time.Millisecond
 	srv := serve(t, listen(t, "127.0.0.1:0"), nil)
-	logs := newCapture(t)
-	st := startChecker(t, healthcheck.Config{BackoffBase: base, BackoffMax: 4 * base}, discovery.Static{route: {srv.Addr}}, slog.New(logs))
+	logs, logger := testutil.NewLogRecorder(t)
+	st := startChecker(t, healthcheck.Config{BackoffBase: base, BackoffMax: 4 * base}, discovery.Static{route: {srv.Addr}}, logger)
 
 	srv.watches.next(t)
 	p, _ := st.await(t, 0, "the backend without a health service to be routable", isRoutable(route, srv.Addr))
-	b, _ := backendOf(p.State, route, srv.Addr)
+	b, _ := p.State.Backend(route, srv.Addr)
 	if b.Status != healthpb.HealthCheckResponse_SERVING || !strings.Contains(b.Reason, "does not implement") {
 		t.Fatalf("backend without health: status %s reason %q, want SERVING with a reason saying why", b.Status, b.Reason)
 	}
 	// A retry loop would have asked again many times within 30 backoffs.
 	srv.watches.none(t, 30*base)
-	if got := logs.errorMessages(); len(got) != 1 || !strings.Contains(got[0], "does not implement") {
+	if got := logs.Messages(slog.LevelError); len(got) != 1 || !strings.Contains(got[0], "does not implement") {
 		t.Fatalf("error records: got %q, want exactly one saying the health service is not implemented", got)
 	}
 
@@ -636,7 +580,7 @@ func TestB23_NoHealthServiceIsServingLoggedOnceNotRetried(t *testing.T) {
 	srv2.watches.next(t)
 	st.await(t, i+1, "the restarted backend to be routable again", isRoutable(route, addr))
 	srv2.watches.none(t, 30*base)
-	if got := logs.errorMessages(); len(got) != 1 {
+	if got := logs.Messages(slog.LevelError); len(got) != 1 {
 		t.Fatalf("error records after a reconnect: got %q, want still exactly one", got)
 	}
 }
@@ -726,7 +670,7 @@ func TestB24_FailedWatchUnroutableRetriedWithBackoff(t *testing.T) {
 		// While the Watch failed, the backend was never routable, and said why.
 		sawReason := false
 		for _, p := range st.since(0)[:firstRoutable] {
-			if b, ok := backendOf(p.State, route, srv.Addr); ok {
+			if b, ok := p.State.Backend(route, srv.Addr); ok {
 				if b.Routable {
 					t.Fatalf("state %d: backend routable while its Watch failed", p.Version)
 				}
@@ -756,7 +700,7 @@ func TestB24_FailedWatchUnroutableRetriedWithBackoff(t *testing.T) {
 		from := st.mark()
 		close(release)
 		st.await(t, from, "the failed Watch to remove the backend", func(s *healthcheck.State) bool {
-			b, ok := backendOf(s, route, srv.Addr)
+			b, ok := s.Backend(route, srv.Addr)
 			return ok && !b.Routable && strings.Contains(b.Reason, "health watch failed")
 		})
 		var failed time.Time
@@ -785,7 +729,7 @@ func TestB25_GracefulStopCompletesThenReconnects(t *testing.T) {
 	addr := be.Addr
 	st := startChecker(t, healthcheck.Config{}, discovery.Static{route: {addr}}, nil)
 	p, _ := st.await(t, 0, "the backend to be routable", isRoutable(route, addr))
-	conn, _ := backendOf(p.State, route, addr)
+	conn, _ := p.State.Backend(route, addr)
 
 	// The server waits for its open streams, the Watch among them: it can
 	// finish only if the gateway cancels the Watch.
@@ -807,7 +751,7 @@ func TestB25_GracefulStopCompletesThenReconnects(t *testing.T) {
 	be2 := testutil.StartBackendOn(listen(t, addr))
 	t.Cleanup(be2.Stop)
 	p, _ = st.await(t, i+1, "the restarted backend to be routable again", isRoutable(route, addr))
-	b, _ := backendOf(p.State, route, addr)
+	b, _ := p.State.Backend(route, addr)
 	if b.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("restarted backend: status %s, want SERVING", b.Status)
 	}

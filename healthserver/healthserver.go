@@ -33,7 +33,6 @@ type Config struct {
 // Server implements grpc.health.v1.Health.
 type Server struct {
 	healthpb.UnimplementedHealthServer
-	cfg Config
 	log *slog.Logger
 
 	mu sync.Mutex // guards the fields below
@@ -58,7 +57,7 @@ func New(cfg Config, logger *slog.Logger) *Server {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
-		cfg: cfg, log: logger.With("component", "healthserver"), minHealthy: maps.Clone(cfg.MinHealthy),
+		log: logger.With("component", "healthserver"), minHealthy: maps.Clone(cfg.MinHealthy),
 		statuses: map[string]healthpb.HealthCheckResponse_ServingStatus{"": healthpb.HealthCheckResponse_NOT_SERVING},
 		changed:  make(chan struct{}),
 		closed:   make(chan struct{}),

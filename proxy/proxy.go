@@ -167,27 +167,28 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	if !ok {
 		return status.Error(codes.Internal, "healthgate: no method on server stream")
 	}
+	// arrived dates the call for the observer and for telling a deadline
+	// from a cancel.
+	arrived := time.Now()
 	obs := p.cfg.Observer
-	var start time.Time
 	if obs != nil {
-		start = time.Now()
 		obs.CallStarted()
 	}
 	up, err := p.picker.Pick(ctx, method)
 	if err != nil {
 		st := pickStatus(err)
 		if obs != nil {
-			obs.CallFinished(CallInfo{FullMethod: method, Routed: st.Code() != codes.Unimplemented, Code: st.Code(), Duration: time.Since(start)})
+			obs.CallFinished(CallInfo{FullMethod: method, Routed: st.Code() != codes.Unimplemented, Code: st.Code(), Duration: time.Since(arrived)})
 		}
 		return st.Err()
 	}
 	var n byteCounts
-	err = p.forward(ctx, ss, up, method, &n)
+	err = p.forward(ctx, ss, up, method, arrived, &n)
 	up.Done(err)
 	if obs != nil {
 		obs.CallFinished(CallInfo{
 			FullMethod: method, Upstream: up.Addr(), Routed: true,
-			Code: status.Code(err), Duration: time.Since(start),
+			Code: status.Code(err), Duration: time.Since(arrived),
 			RequestBytes: n.req.Load(), ResponseBytes: n.resp,
 		})
 	}
@@ -208,8 +209,7 @@ func pickStatus(err error) *status.Status {
 	return status.New(codes.Unavailable, err.Error())
 }
 
-func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, method string, n *byteCounts) error {
-	arrived := time.Now()
+func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, up Upstream, method string, arrived time.Time, n *byteCounts) error {
 	if _, ok := ctx.Deadline(); !ok && p.cfg.DefaultTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.DefaultTimeout)

@@ -369,14 +369,25 @@ func (r *LogRecorder) WithGroup(name string) slog.Handler {
 	return &LogRecorder{Handler: r.Handler.WithGroup(name), mu: r.mu, msgs: r.msgs}
 }
 
+// Messages returns the messages of the records at level or above, in order.
+func (r *LogRecorder) Messages(level slog.Level) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, rec := range *r.msgs {
+		if rec.Level >= level {
+			out = append(out, rec.Message)
+		}
+	}
+	return out
+}
+
 // Count returns how many records at level or above contain substr in their
 // message.
 func (r *LogRecorder) Count(level slog.Level, substr string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	n := 0
-	for _, rec := range *r.msgs {
-		if rec.Level >= level && strings.Contains(rec.Message, substr) {
+	for _, m := range r.Messages(level) {
+		if strings.Contains(m, substr) {
 			n++
 		}
 	}
