@@ -2,9 +2,14 @@
 // Prometheus metrics, the backends as JSON, a live status page and,
 // when enabled, pprof.
 //
-// Readiness policy (/readyz): ready while discovery has been heard from at
-// least once, the gateway is not draining, and every route has at least its
-// minimum of routable backends. A gateway with no route is not ready.
+// The admin endpoint decides nothing: /readyz, /backends and the status page
+// show the routing table (healthcheck.State), the same one the balancer and
+// the gateway's own gRPC health read. Readiness (/readyz) is the table's:
+// discovery has been heard from, the gateway is not draining, and its
+// listener is up. A route without healthy backends is NOT_SERVING in
+// /backends and the gRPC health service, and does not make the gateway
+// unready: an orchestrator that pulled every replica for one broken route
+// would take every route down.
 package admin
 
 import (
@@ -15,29 +20,20 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/grpc"
 
 	"github.com/healthgate/healthgate/healthcheck"
 )
 
 // Gateway is what the admin endpoint reads. The gateway implements it.
 type Gateway interface {
-	// State is the latest published state; nil before the first.
+	// State is the latest routing table; nil before the first.
 	State() *healthcheck.State
-	// Draining is true once the gateway has started to shut down.
-	Draining() bool
-	// MinHealthy is the routable backends a route needs to be SERVING.
-	MinHealthy(route string) int
-	// InFlight counts the calls in flight on a backend's connection.
-	InFlight(conn *grpc.ClientConn) int64
-	// EjectedUntil is when passive failure detection lets the backend
-	// take calls again; zero when it is not ejected.
-	EjectedUntil(conn *grpc.ClientConn) time.Time
+	// Listening is true while the gateway's listener accepts calls.
+	Listening() bool
 }
 
 // Config of the admin handler.
@@ -89,29 +85,12 @@ func Handler(cfg Config, g Gateway, reg prometheus.Gatherer) http.Handler {
 	return mux
 }
 
-// Ready applies the readiness policy and says why not.
+// Ready is the gateway's readiness and why not.
 func Ready(g Gateway) (bool, string) {
-	if g.Draining() {
-		return false, "draining"
+	if !g.Listening() {
+		return false, "listener is not serving"
 	}
-	st := g.State()
-	if st == nil || !st.Synced {
-		return false, "discovery has not synced yet"
-	}
-	if len(st.Routes) == 0 {
-		return false, "no routes"
-	}
-	var short []string
-	for _, name := range slices.Sorted(maps.Keys(st.Routes)) {
-		r := st.Routes[name]
-		if n, want := r.Routable(), g.MinHealthy(name); n < want {
-			short = append(short, fmt.Sprintf("%s has %d of %d routable backends", name, n, want))
-		}
-	}
-	if len(short) > 0 {
-		return false, strings.Join(short, "; ")
-	}
-	return true, ""
+	return g.State().Ready()
 }
 
 // View is the /backends document.
@@ -131,7 +110,10 @@ type RouteView struct {
 	Serving       bool          `json:"serving"`
 	Routable      int           `json:"routable"`
 	MinHealthy    int           `json:"min_healthy"`
-	Backends      []BackendView `json:"backends"`
+	// Gone is set while a route that discovery no longer lists is kept
+	// (its calls get UNAVAILABLE) for the drain grace.
+	Gone     bool          `json:"gone,omitempty"`
+	Backends []BackendView `json:"backends"`
 }
 
 // BackendView is one backend of one route.
@@ -141,8 +123,9 @@ type BackendView struct {
 	// "warning" or "critical" for Consul, "static" for the config file.
 	Discovery string `json:"discovery"`
 	Weight    int    `json:"weight"`
-	// Health is the latest grpc.health.v1 status for the route's health
-	// service.
+	// HealthService is the grpc.health.v1 name asked of this backend.
+	HealthService string `json:"health_service"`
+	// Health is the latest grpc.health.v1 status for that name.
 	Health   string    `json:"health"`
 	Routable bool      `json:"routable"`
 	Reason   string    `json:"reason,omitempty"`
@@ -151,32 +134,36 @@ type BackendView struct {
 	// EjectedUntil is set while passive failure detection keeps the
 	// backend out.
 	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
+	// Leaving is set while the backend drains out of the route.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 // Snapshot builds the /backends document.
 func Snapshot(g Gateway) View {
-	v := View{Draining: g.Draining(), Routes: []RouteView{}}
+	v := View{Routes: []RouteView{}}
 	v.Ready, v.Why = Ready(g)
 	st := g.State()
 	if st == nil {
 		return v
 	}
-	v.Version, v.Synced = st.Version, st.Synced
+	v.Version, v.Synced, v.Draining = st.Version, st.Synced, st.Draining
 	for _, name := range slices.Sorted(maps.Keys(st.Routes)) {
 		r := st.Routes[name]
-		rv := RouteView{Route: name, HealthService: r.HealthService, Routable: r.Routable(), MinHealthy: g.MinHealthy(name), Backends: []BackendView{}}
-		rv.Serving = rv.Routable >= rv.MinHealthy && !v.Draining
+		rv := RouteView{
+			Route: name, HealthService: r.HealthService, Serving: r.Serving, Routable: r.Routable,
+			MinHealthy: r.MinHealthy, Gone: r.Gone, Backends: make([]BackendView, 0, len(r.Backends)),
+		}
 		for _, b := range r.Backends {
 			bv := BackendView{
-				Addr: b.Addr, Discovery: b.Discovery, Weight: b.Weight, Health: b.Status.String(),
-				Routable: b.Routable, Reason: b.Reason, Since: b.Since, InFlight: g.InFlight(b.Conn),
+				Addr: b.Addr, Discovery: b.Discovery, Weight: b.Weight, HealthService: b.HealthService,
+				Health: b.Status.String(), Routable: b.Routable, Reason: b.Reason, Since: b.Since, Leaving: b.Leaving,
 			}
-			if until := g.EjectedUntil(b.Conn); !until.IsZero() {
+			if b.Handle != nil {
+				bv.InFlight = b.Handle.InFlight()
+			}
+			if !b.EjectedUntil.IsZero() {
+				until := b.EjectedUntil
 				bv.EjectedUntil = &until
-				if bv.Routable {
-					bv.Routable = false
-					bv.Reason = "ejected: calls kept ending UNAVAILABLE"
-				}
 			}
 			rv.Backends = append(rv.Backends, bv)
 		}

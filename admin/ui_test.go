@@ -61,7 +61,7 @@ func TestUIStatusPage(t *testing.T) {
 			return false
 		}
 		svc, oth := st.Routes[testutil.TestService], st.Routes["other.Svc"]
-		if len(svc.Backends) != 2 || len(oth.Backends) != 1 || svc.Routable() != 1 || oth.Routable() != 1 {
+		if len(svc.Backends) != 2 || len(oth.Backends) != 1 || svc.Routable != 1 || oth.Routable != 1 {
 			return false
 		}
 		for _, b := range svc.Backends {

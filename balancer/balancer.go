@@ -1,23 +1,22 @@
 // Package balancer chooses the backend of each call among the routable
-// backends of its route.
+// backends of its route, as the routing table says.
 //
 // Pickers are immutable and swapped whole behind an atomic pointer when the
 // routable set of a route changes, so Pick never takes a lock: the hot path
-// is a map lookup, an atomic add and an index.
+// is a map lookup, an atomic add and an index. The balancer decides nothing
+// about health: a backend is in a picker exactly while the table says it is
+// routable.
 package balancer
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -55,23 +54,6 @@ type Config struct {
 	Default Policy
 	// OnRebuild, if set, is told each time a route's picker is rebuilt.
 	OnRebuild func(route string, routable int)
-	// OnEject, if set, is told each time a backend is ejected.
-	OnEject func(addr string)
-	// Outlier is passive failure detection; the zero value turns it off.
-	Outlier Outlier
-}
-
-// Outlier ejects a backend that keeps failing calls although its health
-// check says SERVING: after ConsecutiveUnavailable calls in a row that end
-// UNAVAILABLE (connection refused or reset, the backend shedding load), it
-// gets no new calls for Ejection, longer each time it is ejected again
-// before a call succeeds (up to 10 times). When every backend of a route is
-// ejected, calls go to them anyway: a guess beats a certain failure.
-type Outlier struct {
-	// ConsecutiveUnavailable is the failures in a row that eject; 0 turns
-	// detection off.
-	ConsecutiveUnavailable int
-	Ejection               time.Duration
 }
 
 // Validate reports the first policy that is not known.
@@ -87,100 +69,6 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Endpoint is a picked backend. It is the proxy's upstream for one call:
-// calls go over the backend's shared connection, and Done must be called when
-// the call ends.
-type Endpoint struct {
-	*grpc.ClientConn
-	addr     string
-	bal      *Balancer
-	inflight atomic.Int64
-	// failures counts the calls in a row that ended UNAVAILABLE.
-	failures atomic.Int32
-	// ejections counts the ejections since the last successful call.
-	ejections atomic.Int32
-	// ejectedUntil is the end of the current ejection in Unix nanoseconds;
-	// 0 when never ejected.
-	ejectedUntil atomic.Int64
-}
-
-// EjectedUntil is when the endpoint's ejection ends; zero if it is not
-// ejected now.
-func (e *Endpoint) EjectedUntil() time.Time {
-	if u := e.ejectedUntil.Load(); u != 0 && time.Now().UnixNano() < u {
-		return time.Unix(0, u)
-	}
-	return time.Time{}
-}
-
-func (e *Endpoint) ejected() bool {
-	u := e.ejectedUntil.Load()
-	return u != 0 && time.Now().UnixNano() < u
-}
-
-// Addr is the backend's address.
-func (e *Endpoint) Addr() string { return e.addr }
-
-// InFlight is the number of calls picked for the endpoint and not yet done.
-func (e *Endpoint) InFlight() int64 { return e.inflight.Load() }
-
-// EjectedUntil is when the ejection of the backend behind conn ends; zero
-// when it is not ejected.
-func (b *Balancer) EjectedUntil(conn *grpc.ClientConn) time.Time {
-	if t := b.table.Load(); t != nil {
-		if ep := t.eps[conn]; ep != nil {
-			return ep.EjectedUntil()
-		}
-	}
-	return time.Time{}
-}
-
-// InFlight is the number of calls in flight on the backend behind conn,
-// routable or not: a backend out of rotation still finishes its calls.
-func (b *Balancer) InFlight(conn *grpc.ClientConn) int64 {
-	if t := b.table.Load(); t != nil {
-		if ep := t.eps[conn]; ep != nil {
-			return ep.InFlight()
-		}
-	}
-	return 0
-}
-
-// Done ends a call picked for the endpoint, and counts it for passive
-// failure detection.
-func (e *Endpoint) Done(err error) {
-	e.inflight.Add(-1)
-	o := e.bal.outlier.Load()
-	if o.ConsecutiveUnavailable <= 0 {
-		return
-	}
-	if err == nil {
-		if e.failures.Load() != 0 || e.ejections.Load() != 0 {
-			e.failures.Store(0)
-			e.ejections.Store(0)
-		}
-		return
-	}
-	if status.Code(err) != codes.Unavailable {
-		if e.failures.Load() != 0 {
-			e.failures.Store(0)
-		}
-		return
-	}
-	if e.failures.Add(1) < int32(o.ConsecutiveUnavailable) {
-		return
-	}
-	e.failures.Store(0)
-	n := min(e.ejections.Add(1), 10)
-	d := o.Ejection * time.Duration(n)
-	e.ejectedUntil.Store(time.Now().Add(d).UnixNano())
-	e.bal.log.Warn("backend ejected: calls keep ending UNAVAILABLE", "addr", e.addr,
-		"consecutive", o.ConsecutiveUnavailable, "for", d)
-	if o.onEject != nil {
-		o.onEject(e.addr)
-	}
-}
-
 // NoRouteError: no route covers the called service.
 type NoRouteError struct{ Service string }
 
@@ -192,10 +80,18 @@ func (e *NoRouteError) GRPCStatus() *status.Status {
 	return status.New(codes.Unimplemented, "healthgate: "+e.Error())
 }
 
-// NoUpstreamError: the route has no routable backend.
-type NoUpstreamError struct{ Route string }
+// NoUpstreamError: the route has no routable backend, or none that the call
+// has not tried already.
+type NoUpstreamError struct {
+	Route string
+	// Tried is how many backends the call was already sent to.
+	Tried int
+}
 
 func (e *NoUpstreamError) Error() string {
+	if e.Tried > 0 {
+		return fmt.Sprintf("no healthy upstream left for route %q after %d attempts", e.Route, e.Tried)
+	}
 	return fmt.Sprintf("no healthy upstream for route %q", e.Route)
 }
 
@@ -205,15 +101,30 @@ func (e *NoUpstreamError) GRPCStatus() *status.Status {
 	return status.New(codes.Unavailable, "healthgate: "+e.Error())
 }
 
-// picker chooses among one route's routable endpoints. It never changes after
+// NotSyncedError: discovery has not been heard from yet, so the gateway
+// cannot tell an unknown service from one it will route in a moment.
+type NotSyncedError struct{ Service string }
+
+func (e *NotSyncedError) Error() string {
+	return fmt.Sprintf("no backend for %s yet: discovery has not synced", e.Service)
+}
+
+// GRPCStatus makes the error UNAVAILABLE: a moment later the answer may be
+// different, which UNIMPLEMENTED would deny.
+func (e *NotSyncedError) GRPCStatus() *status.Status {
+	return status.New(codes.Unavailable, "healthgate: "+e.Error())
+}
+
+// picker chooses among one route's routable backends. It never changes after
 // it is built.
 type picker struct {
 	route  string
 	policy Policy
-	// ring holds each endpoint as many times as its weight, for round robin.
-	ring []*Endpoint
-	// eps holds each endpoint once, for least request.
-	eps  []*Endpoint
+	// ring holds each backend as many times as its weight, interleaved, for
+	// round robin.
+	ring []*healthcheck.Handle
+	// hs holds each backend once, for least request.
+	hs   []*healthcheck.Handle
 	next atomic.Uint32
 	// noUpstream is the error of an empty route, built once.
 	noUpstream error
@@ -222,9 +133,7 @@ type picker struct {
 type table struct {
 	routes map[string]*picker
 	dflt   *picker // nil without a default route
-	// eps has the endpoint of every backend in the state, routable or not,
-	// so that InFlight finds the calls of one that left the rotation.
-	eps map[*grpc.ClientConn]*Endpoint
+	synced bool
 }
 
 // Balancer picks a backend per call.
@@ -237,30 +146,23 @@ type Balancer struct {
 	cfg Config
 	// last is the last state given to Update, to rebuild from on SetConfig.
 	last *healthcheck.State
-	// outlier is cfg's passive failure detection, read by Done without
-	// the lock.
-	outlier atomic.Pointer[outlierCfg]
-	// endpoints outlive pickers so that in-flight counts survive rebuilds
-	// and spells out of rotation; a backend's is forgotten when it leaves
-	// the state.
-	endpoints map[*grpc.ClientConn]*Endpoint
-	// routable is each route's routable set as last built, to rebuild only
-	// the routes whose set changed.
-	routable map[string][]routableKey
+	// built is each route's table entry as last built from, to rebuild
+	// only the routes that changed.
+	built map[string]builtFrom
 }
 
-type outlierCfg struct {
-	Outlier
-	onEject func(addr string)
+type builtFrom struct {
+	route *healthcheck.Route
+	keys  []key
 }
 
-type routableKey struct {
-	conn   *grpc.ClientConn
+type key struct {
+	h      *healthcheck.Handle
 	weight int
 }
 
-// New returns a balancer with no routes: every call is UNIMPLEMENTED until
-// the first Update.
+// New returns a balancer with no routes: every call is UNAVAILABLE (not
+// synced) until the first Update.
 func New(cfg Config, logger *slog.Logger) (*Balancer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("balancer: %w", err)
@@ -268,13 +170,8 @@ func New(cfg Config, logger *slog.Logger) (*Balancer, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	b := &Balancer{
-		cfg: cfg, log: logger.With("component", "balancer"),
-		endpoints: map[*grpc.ClientConn]*Endpoint{},
-		routable:  map[string][]routableKey{},
-	}
+	b := &Balancer{cfg: cfg, log: logger.With("component", "balancer"), built: map[string]builtFrom{}}
 	b.table.Store(&table{routes: map[string]*picker{}})
-	b.outlier.Store(&outlierCfg{cfg.Outlier, cfg.OnEject})
 	return b, nil
 }
 
@@ -285,11 +182,10 @@ func (b *Balancer) SetConfig(cfg Config) error {
 	}
 	b.mu.Lock()
 	b.cfg = cfg
-	b.outlier.Store(&outlierCfg{cfg.Outlier, cfg.OnEject})
-	b.routable = map[string][]routableKey{}
+	clear(b.built)
 	var rebuilt []rebuild
 	if b.last != nil {
-		rebuilt = b.updateLocked(b.last, true)
+		rebuilt = b.updateLocked(b.last)
 	}
 	b.mu.Unlock()
 	if cfg.OnRebuild != nil {
@@ -300,11 +196,12 @@ func (b *Balancer) SetConfig(cfg Config) error {
 	return nil
 }
 
-// Update rebuilds the pickers of routes whose routable backends changed.
+// Update follows a new routing table: the pickers of routes whose routable
+// backends changed are rebuilt, the others kept.
 func (b *Balancer) Update(st *healthcheck.State) {
 	b.mu.Lock()
 	b.last = st
-	rebuilt := b.updateLocked(st, false)
+	rebuilt := b.updateLocked(st)
 	onRebuild := b.cfg.OnRebuild
 	b.mu.Unlock()
 	if onRebuild != nil {
@@ -319,54 +216,43 @@ type rebuild struct {
 	routable int
 }
 
-// updateLocked swaps in a table for st and returns the routes it rebuilt.
-func (b *Balancer) updateLocked(st *healthcheck.State, all bool) []rebuild {
+func (b *Balancer) updateLocked(st *healthcheck.State) []rebuild {
 	var rebuilt []rebuild
 	old := b.table.Load()
-	t := &table{routes: make(map[string]*picker, len(st.Routes))}
-	live := map[*grpc.ClientConn]bool{}
+	t := &table{routes: make(map[string]*picker, len(st.Routes)), synced: st.Synced}
 	for name, r := range st.Routes {
-		var keys []routableKey
+		prev, seen := b.built[name]
+		p, havePicker := old.routes[name]
+		if seen && havePicker && prev.route == r {
+			// The table shares routes that did not change.
+			t.routes[name] = p
+			continue
+		}
+		keys := make([]key, 0, r.Routable)
 		for _, be := range r.Backends {
-			if be.Conn == nil {
-				continue
-			}
-			live[be.Conn] = true
-			if _, ok := b.endpoints[be.Conn]; !ok {
-				b.endpoints[be.Conn] = &Endpoint{ClientConn: be.Conn, addr: be.Addr, bal: b}
-			}
 			if be.Routable {
-				keys = append(keys, routableKey{be.Conn, be.Weight})
+				keys = append(keys, key{be.Handle, be.Weight})
 			}
 		}
-		p, ok := old.routes[name]
-		if !ok || all || !slices.Equal(keys, b.routable[name]) {
+		if !seen || !havePicker || !slices.Equal(keys, prev.keys) {
 			p = b.build(name, keys)
 			b.log.Debug("picker rebuilt", "route", name, "routable", len(keys))
 			rebuilt = append(rebuilt, rebuild{name, len(keys)})
 		}
-		b.routable[name] = keys
+		b.built[name] = builtFrom{route: r, keys: keys}
 		t.routes[name] = p
 	}
-	for name := range b.routable {
+	for name := range b.built {
 		if _, ok := st.Routes[name]; !ok {
-			delete(b.routable, name)
-		}
-	}
-	for conn := range b.endpoints {
-		if !live[conn] {
-			// Calls still in flight hold their *Endpoint; only the map
-			// forgets it.
-			delete(b.endpoints, conn)
+			delete(b.built, name)
 		}
 	}
 	t.dflt = t.routes[discovery.DefaultRoute]
-	t.eps = maps.Clone(b.endpoints)
 	b.table.Store(t)
 	return rebuilt
 }
 
-func (b *Balancer) build(route string, keys []routableKey) *picker {
+func (b *Balancer) build(route string, keys []key) *picker {
 	policy := b.cfg.Default
 	if p, ok := b.cfg.Policies[route]; ok {
 		policy = p
@@ -380,10 +266,9 @@ func (b *Balancer) build(route string, keys []routableKey) *picker {
 		g = gcd(g, k.weight)
 	}
 	for _, k := range keys {
-		ep := b.endpoints[k.conn]
-		p.eps = append(p.eps, ep)
+		p.hs = append(p.hs, k.h)
 		for range min(k.weight/max(g, 1), maxWeight) {
-			p.ring = append(p.ring, ep)
+			p.ring = append(p.ring, k.h)
 		}
 	}
 	// Interleave by shuffling once: a weight-3 backend should not take
@@ -405,22 +290,31 @@ func gcd(a, b int) int {
 	return a
 }
 
-// Pick chooses the backend for a call to fullMethod ("/pkg.Service/Method").
-// It never blocks. Errors carry their gRPC status: UNIMPLEMENTED when no
-// route covers the service, UNAVAILABLE when the route has no routable
-// backend.
-func (b *Balancer) Pick(_ context.Context, fullMethod string) (*Endpoint, error) {
+// Pick chooses the backend for a call to fullMethod ("/pkg.Service/Method")
+// among the routable backends of its route, other than those in tried (the
+// backends the call was already sent to without being accepted). It never
+// blocks. The backend is counted in flight (Handle.Begin); the caller calls
+// its Done when the call ends. Errors carry their gRPC status:
+// UNIMPLEMENTED when no route covers the service, UNAVAILABLE when the
+// route has no routable backend left or discovery has not synced.
+func (b *Balancer) Pick(_ context.Context, fullMethod string, tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
 	t := b.table.Load()
 	svc := serviceOf(fullMethod)
 	p, ok := t.routes[svc]
 	if !ok {
 		if p = t.dflt; p == nil {
+			if !t.synced {
+				return nil, &NotSyncedError{Service: svc}
+			}
 			return nil, &NoRouteError{Service: svc}
 		}
 	}
-	var ep *Endpoint
-	switch n := uint32(len(p.eps)); {
+	var h *healthcheck.Handle
+	switch n := uint32(len(p.hs)); {
 	case n == 0:
+		if !t.synced {
+			return nil, &NotSyncedError{Service: svc}
+		}
 		return nil, p.noUpstream
 	case p.policy == LeastRequest && n > 1:
 		i := rand.Uint32N(n)
@@ -428,38 +322,42 @@ func (b *Balancer) Pick(_ context.Context, fullMethod string) (*Endpoint, error)
 		if j >= i {
 			j++
 		}
-		ep = p.eps[i]
-		other := p.eps[j]
-		if (other.ejected() == ep.ejected() && other.inflight.Load() < ep.inflight.Load()) || (ep.ejected() && !other.ejected()) {
-			ep = other
+		h = p.hs[i]
+		if other := p.hs[j]; slices.Contains(tried, h) || (!slices.Contains(tried, other) && other.InFlight() < h.InFlight()) {
+			h = other
 		}
-		if ep.ejected() {
-			ep = p.firstHealthy(p.eps, i, ep)
+		if len(tried) > 0 && slices.Contains(tried, h) {
+			h = p.untried(p.hs, i, tried)
 		}
 	default:
 		i := p.next.Add(1)
-		ep = p.ring[i%uint32(len(p.ring))]
-		if ep.ejected() {
-			ep = p.firstHealthy(p.ring, i, ep)
+		h = p.ring[i%uint32(len(p.ring))]
+		if len(tried) > 0 && slices.Contains(tried, h) {
+			h = p.untried(p.ring, i, tried)
 		}
 	}
-	ep.inflight.Add(1)
-	return ep, nil
+	if h == nil {
+		return nil, &NoUpstreamError{Route: p.route, Tried: len(tried)}
+	}
+	h.Begin()
+	return h, nil
 }
 
-// firstHealthy is the first endpoint after position i that is not ejected,
-// or fallback when all are.
-func (p *picker) firstHealthy(list []*Endpoint, i uint32, fallback *Endpoint) *Endpoint {
+// untried is the first backend after position i that the call has not been
+// sent to, or nil.
+func (p *picker) untried(list []*healthcheck.Handle, i uint32, tried []*healthcheck.Handle) *healthcheck.Handle {
 	n := uint32(len(list))
-	for k := uint32(1); k < n; k++ {
-		if c := list[(i+k)%n]; !c.ejected() {
+	for k := uint32(1); k <= n; k++ {
+		if c := list[(i+k)%n]; !slices.Contains(tried, c) {
 			return c
 		}
 	}
-	return fallback
+	return nil
 }
 
-// serviceOf returns "pkg.Service" of "/pkg.Service/Method".
+// serviceOf returns "pkg.Service" of "/pkg.Service/Method": the route key of
+// a call. Any bytes are accepted; what is not a gRPC path is a service no
+// route covers.
 func serviceOf(fullMethod string) string {
 	s := fullMethod
 	if len(s) > 0 && s[0] == '/' {

@@ -3,6 +3,9 @@ package balancer
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,52 +17,83 @@ import (
 
 	"github.com/healthgate/healthgate/discovery"
 	"github.com/healthgate/healthgate/healthcheck"
+	"github.com/healthgate/healthgate/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// conns are client connections that are never used to connect: the
-// balancer only needs distinct identities.
-func conns(t *testing.T, n int) []*grpc.ClientConn {
-	out := make([]*grpc.ClientConn, n)
-	for i := range out {
-		cc, err := grpc.NewClient(fmt.Sprintf("passthrough:///backend-%d", i), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cc.Close() })
-		out[i] = cc
-	}
-	return out
+// handles are real backends, as a real checker makes them: the balancer
+// only needs their identities and in-flight counts, and the Handle is
+// opaque. names gives each its test name, backend-i.
+type handles struct {
+	hs    []*healthcheck.Handle
+	names map[*healthcheck.Handle]string
 }
 
-func state(route string, ccs []*grpc.ClientConn, weights []int, routable []bool) *healthcheck.State {
+func newHandles(t testing.TB, n int) handles {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		addrs[i] = testutil.StartBackend(t).Addr
+	}
+	c, err := healthcheck.New(healthcheck.Config{DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var latest atomic.Pointer[healthcheck.State]
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, discovery.Static{testutil.TestService: addrs}, func(st *healthcheck.State) { latest.Store(st) }) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testutil.WaitFor(t, 10*time.Second, "every backend routable", func() bool {
+		st := latest.Load()
+		return st != nil && st.Routes[testutil.TestService].Routable == n
+	})
+	h := handles{names: map[*healthcheck.Handle]string{}}
+	for _, addr := range addrs {
+		b, _ := latest.Load().Backend(testutil.TestService, addr)
+		h.names[b.Handle] = fmt.Sprintf("backend-%d", len(h.hs))
+		h.hs = append(h.hs, b.Handle)
+	}
+	return h
+}
+
+func (h handles) state(route string, weights []int, routable []bool) *healthcheck.State {
+	return h.stateOf(route, h.hs, weights, routable)
+}
+
+func (h handles) stateOf(route string, hs []*healthcheck.Handle, weights []int, routable []bool) *healthcheck.State {
 	r := &healthcheck.Route{Name: route}
-	for i, cc := range ccs {
-		r.Backends = append(r.Backends, healthcheck.Backend{Addr: fmt.Sprintf("backend-%d", i), Conn: cc, Weight: weights[i], Routable: routable[i]})
+	for i, hd := range hs {
+		r.Backends = append(r.Backends, healthcheck.Backend{Addr: h.names[hd], Handle: hd, Weight: weights[i], Routable: routable[i]})
+		if routable[i] {
+			r.Routable++
+		}
 	}
 	return &healthcheck.State{Synced: true, Routes: map[string]*healthcheck.Route{route: r}}
 }
 
-func pickN(t *testing.T, b *Balancer, method string, n int) map[string]int {
+var done = healthcheck.Outcome{Code: codes.OK}
+
+func (h handles) pickN(t *testing.T, b *Balancer, method string, n int) map[string]int {
 	t.Helper()
 	got := map[string]int{}
 	for range n {
-		ep, err := b.Pick(context.Background(), method)
+		hd, err := b.Pick(context.Background(), method, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got[ep.Addr()]++
-		ep.Done(nil)
+		got[h.names[hd]]++
+		hd.Done(done)
 	}
 	return got
 }
 
 func TestRoundRobinHonoursWeights(t *testing.T) {
 	b, _ := New(Config{}, nil)
-	ccs := conns(t, 3)
-	b.Update(state("a.S", ccs, []int{1, 2, 3}, []bool{true, true, true}))
-	got := pickN(t, b, "/a.S/M", 600)
+	h := newHandles(t, 3)
+	b.Update(h.state("a.S", []int{1, 2, 3}, []bool{true, true, true}))
+	got := h.pickN(t, b, "/a.S/M", 600)
 	want := map[string]int{"backend-0": 100, "backend-1": 200, "backend-2": 300}
 	for k, v := range want {
 		if got[k] != v {
@@ -70,13 +104,13 @@ func TestRoundRobinHonoursWeights(t *testing.T) {
 
 func TestOnlyRoutableBackendsArePicked(t *testing.T) {
 	b, _ := New(Config{}, nil)
-	ccs := conns(t, 2)
-	b.Update(state("a.S", ccs, []int{1, 1}, []bool{false, true}))
-	if got := pickN(t, b, "/a.S/M", 50); got["backend-1"] != 50 {
+	h := newHandles(t, 2)
+	b.Update(h.state("a.S", []int{1, 1}, []bool{false, true}))
+	if got := h.pickN(t, b, "/a.S/M", 50); got["backend-1"] != 50 {
 		t.Fatalf("got %v, want every pick on the routable backend-1", got)
 	}
-	b.Update(state("a.S", ccs, []int{1, 1}, []bool{false, false}))
-	_, err := b.Pick(context.Background(), "/a.S/M")
+	b.Update(h.state("a.S", []int{1, 1}, []bool{false, false}))
+	_, err := b.Pick(context.Background(), "/a.S/M", nil)
 	if st := status.Convert(err); st.Code() != codes.Unavailable {
 		t.Fatalf("no routable backend: %v, want UNAVAILABLE", err)
 	}
@@ -84,28 +118,28 @@ func TestOnlyRoutableBackendsArePicked(t *testing.T) {
 
 func TestLeastRequestAvoidsTheBusyBackend(t *testing.T) {
 	b, _ := New(Config{Policies: map[string]Policy{"a.S": LeastRequest}}, nil)
-	ccs := conns(t, 2)
-	b.Update(state("a.S", ccs, []int{1, 1}, []bool{true, true}))
+	h := newHandles(t, 2)
+	b.Update(h.state("a.S", []int{1, 1}, []bool{true, true}))
 	// Hold 10 calls on whichever backend they land; with two backends,
 	// power of two choices always compares both, so every held call
 	// lands on the less loaded one and the load stays even.
-	var held []*Endpoint
+	var held []*healthcheck.Handle
 	for range 10 {
-		ep, err := b.Pick(context.Background(), "/a.S/M")
+		hd, err := b.Pick(context.Background(), "/a.S/M", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		held = append(held, ep)
+		held = append(held, hd)
 	}
 	count := map[string]int{}
-	for _, ep := range held {
-		count[ep.Addr()]++
+	for _, hd := range held {
+		count[h.names[hd]]++
 	}
 	if count["backend-0"] != 5 || count["backend-1"] != 5 {
 		t.Fatalf("10 held calls landed %v, want 5 and 5", count)
 	}
-	for _, ep := range held {
-		ep.Done(nil)
+	for _, hd := range held {
+		hd.Done(done)
 	}
 	if got := held[0].InFlight(); got != 0 {
 		t.Fatalf("in flight after Done: %d", got)
@@ -114,66 +148,115 @@ func TestLeastRequestAvoidsTheBusyBackend(t *testing.T) {
 
 func TestInFlightCountsThroughTimeOutOfRotation(t *testing.T) {
 	b, _ := New(Config{Policies: map[string]Policy{"a.S": LeastRequest}}, nil)
-	ccs := conns(t, 2)
-	b.Update(state("a.S", ccs, []int{1, 1}, []bool{true, false}))
-	var held []*Endpoint
+	h := newHandles(t, 2)
+	b.Update(h.state("a.S", []int{1, 1}, []bool{true, false}))
+	var held []*healthcheck.Handle
 	for range 2 {
-		ep, err := b.Pick(context.Background(), "/a.S/M")
+		hd, err := b.Pick(context.Background(), "/a.S/M", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		held = append(held, ep)
+		held = append(held, hd)
 	}
 	// backend-0 leaves the rotation with its two calls still open: they
 	// are still its calls, and they still count when it comes back.
 	for i, routable := range [][]bool{{false, true}, {true, true}} {
-		b.Update(state("a.S", ccs, []int{1, 1}, routable))
-		if got := b.InFlight(ccs[0]); got != 2 {
+		b.Update(h.state("a.S", []int{1, 1}, routable))
+		if got := h.hs[0].InFlight(); got != 2 {
 			t.Fatalf("update %d (routable %v): InFlight(backend-0) = %d, want 2", i, routable, got)
 		}
-		if got := b.InFlight(ccs[1]); got != 0 {
+		if got := h.hs[1].InFlight(); got != 0 {
 			t.Fatalf("update %d: InFlight(backend-1) = %d, want 0", i, got)
 		}
 	}
 	// Back in rotation, least request sends the next calls to the idle one.
 	for range 2 {
-		ep, err := b.Pick(context.Background(), "/a.S/M")
+		hd, err := b.Pick(context.Background(), "/a.S/M", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ep.Addr() != "backend-1" {
-			t.Fatalf("a new call went to %s, which has 2 calls open; want backend-1", ep.Addr())
+		if h.names[hd] != "backend-1" {
+			t.Fatalf("a new call went to %s, which has 2 calls open; want backend-1", h.names[hd])
 		}
-		held = append(held, ep)
+		held = append(held, hd)
 	}
-	for _, ep := range held {
-		ep.Done(nil)
+	for _, hd := range held {
+		hd.Done(done)
 	}
-	if got := b.InFlight(ccs[0]) + b.InFlight(ccs[1]); got != 0 {
+	if got := h.hs[0].InFlight() + h.hs[1].InFlight(); got != 0 {
 		t.Fatalf("in flight after Done: %d", got)
 	}
-	// A backend that leaves the state is forgotten.
-	b.Update(state("a.S", ccs[1:], []int{1}, []bool{true}))
-	if got := b.InFlight(ccs[0]); got != 0 {
-		t.Fatalf("InFlight of a backend no longer listed: %d", got)
+}
+
+// TestB13_RepickSkipsTriedBackends: a call that a backend did not accept is
+// picked again among the others, and fails only when none is left.
+func TestB13_RepickSkipsTriedBackends(t *testing.T) {
+	for _, policy := range []Policy{RoundRobin, LeastRequest} {
+		t.Run(string(policy), func(t *testing.T) {
+			b, _ := New(Config{Default: policy}, nil)
+			h := newHandles(t, 3)
+			b.Update(h.state("a.S", []int{1, 1, 1}, []bool{true, true, true}))
+			var tried []*healthcheck.Handle
+			for range 3 {
+				hd, err := b.Pick(context.Background(), "/a.S/M", tried)
+				if err != nil {
+					t.Fatalf("after %d tried: %v", len(tried), err)
+				}
+				if slices.Contains(tried, hd) {
+					t.Fatalf("picked %s again", h.names[hd])
+				}
+				hd.Done(done)
+				tried = append(tried, hd)
+			}
+			_, err := b.Pick(context.Background(), "/a.S/M", tried)
+			if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "after 3 attempts") {
+				t.Fatalf("every backend tried: %v, want UNAVAILABLE after 3 attempts", err)
+			}
+		})
+	}
+}
+
+// TestB15_NotSyncedIsUnavailable: before discovery has synced, no answer is
+// UNIMPLEMENTED: the service may be routed a moment later.
+func TestB15_NotSyncedIsUnavailable(t *testing.T) {
+	b, _ := New(Config{}, nil)
+	for _, m := range []string{"/a.S/M", "/unknown.S/M"} {
+		_, err := b.Pick(context.Background(), m, nil)
+		if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "discovery has not synced") {
+			t.Fatalf("%s before any state: %v, want UNAVAILABLE naming the reason", m, err)
+		}
+	}
+	b.Update(&healthcheck.State{Routes: map[string]*healthcheck.Route{"a.S": {Name: "a.S"}}})
+	for _, m := range []string{"/a.S/M", "/unknown.S/M"} {
+		_, err := b.Pick(context.Background(), m, nil)
+		if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "discovery has not synced") {
+			t.Fatalf("%s before sync: %v, want UNAVAILABLE naming the reason", m, err)
+		}
+	}
+	b.Update(&healthcheck.State{Synced: true, Routes: map[string]*healthcheck.Route{"a.S": {Name: "a.S"}}})
+	if _, err := b.Pick(context.Background(), "/unknown.S/M", nil); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("unknown service after sync: %v, want UNIMPLEMENTED", err)
+	}
+	if _, err := b.Pick(context.Background(), "/a.S/M", nil); status.Code(err) != codes.Unavailable {
+		t.Fatalf("empty route after sync: %v, want UNAVAILABLE", err)
 	}
 }
 
 func TestRoutingByService(t *testing.T) {
 	b, _ := New(Config{}, nil)
-	ccs := conns(t, 2)
-	st := state("a.S", ccs[:1], []int{1}, []bool{true})
-	st.Routes[discovery.DefaultRoute] = &healthcheck.Route{Name: discovery.DefaultRoute, Backends: []healthcheck.Backend{{Addr: "dflt", Conn: ccs[1], Weight: 1, Routable: true}}}
+	h := newHandles(t, 2)
+	st := h.stateOf("a.S", h.hs[:1], []int{1}, []bool{true})
+	st.Routes[discovery.DefaultRoute] = h.stateOf(discovery.DefaultRoute, h.hs[1:], []int{1}, []bool{true}).Routes[discovery.DefaultRoute]
 	b.Update(st)
-	if got := pickN(t, b, "/a.S/M", 3); got["backend-0"] != 3 {
+	if got := h.pickN(t, b, "/a.S/M", 3); got["backend-0"] != 3 {
 		t.Fatalf("a.S went to %v", got)
 	}
-	if got := pickN(t, b, "/other.S/M", 3); got["dflt"] != 3 {
+	if got := h.pickN(t, b, "/other.S/M", 3); got["backend-1"] != 3 {
 		t.Fatalf("an unrouted service went to %v, want the default route", got)
 	}
-	delete(st.Routes, discovery.DefaultRoute)
+	st = &healthcheck.State{Synced: true, Routes: map[string]*healthcheck.Route{"a.S": st.Routes["a.S"]}}
 	b.Update(st)
-	_, err := b.Pick(context.Background(), "/other.S/M")
+	_, err := b.Pick(context.Background(), "/other.S/M", nil)
 	if st := status.Convert(err); st.Code() != codes.Unimplemented || st.Message() != "healthgate: unknown service other.S" {
 		t.Fatalf("without a default route: %v, want UNIMPLEMENTED naming the service", err)
 	}
@@ -181,16 +264,16 @@ func TestRoutingByService(t *testing.T) {
 
 func TestPickerRebuiltOnlyWhenRoutableSetChanges(t *testing.T) {
 	b, _ := New(Config{}, nil)
-	ccs := conns(t, 2)
-	b.Update(state("a.S", ccs, []int{1, 1}, []bool{true, true}))
+	h := newHandles(t, 2)
+	b.Update(h.state("a.S", []int{1, 1}, []bool{true, true}))
 	p1 := b.table.Load().routes["a.S"]
-	st := state("a.S", ccs, []int{1, 1}, []bool{true, true})
+	st := h.state("a.S", []int{1, 1}, []bool{true, true})
 	st.Routes["a.S"].Backends[0].Reason = "something else changed"
 	b.Update(st)
 	if p2 := b.table.Load().routes["a.S"]; p2 != p1 {
 		t.Fatal("the picker was rebuilt though the routable set did not change")
 	}
-	b.Update(state("a.S", ccs, []int{1, 1}, []bool{true, false}))
+	b.Update(h.state("a.S", []int{1, 1}, []bool{true, false}))
 	if p3 := b.table.Load().routes["a.S"]; p3 == p1 {
 		t.Fatal("the picker was not rebuilt when a backend left")
 	}
@@ -206,67 +289,14 @@ func TestServiceOf(t *testing.T) {
 
 func BenchmarkPick(b *testing.B) {
 	bal, _ := New(Config{}, nil)
-	ccs := make([]*grpc.ClientConn, 3)
-	for i := range ccs {
-		ccs[i], _ = grpc.NewClient(fmt.Sprintf("passthrough:///b%d", i), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		defer ccs[i].Close()
-	}
-	bal.Update(state("a.S", ccs, []int{1, 1, 1}, []bool{true, true, true}))
+	h := newHandles(b, 3)
+	bal.Update(h.state("a.S", []int{1, 1, 1}, []bool{true, true, true}))
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			ep, _ := bal.Pick(ctx, "/a.S/Method")
-			ep.Done(nil)
+			hd, _ := bal.Pick(ctx, "/a.S/Method", nil)
+			hd.Done(done)
 		}
 	})
-}
-
-func TestOutlierEjectsAfterConsecutiveUnavailable(t *testing.T) {
-	var ejected []string
-	b, _ := New(Config{Outlier: Outlier{ConsecutiveUnavailable: 3, Ejection: time.Hour}, OnEject: func(a string) { ejected = append(ejected, a) }}, nil)
-	ccs := conns(t, 2)
-	b.Update(state("a.S", ccs, []int{1, 1}, []bool{true, true}))
-	unavailable := status.Error(codes.Unavailable, "connection refused")
-
-	// Two failures, then a success: the count starts over.
-	fail := func(addr string, n int, err error) {
-		for n > 0 {
-			ep, _ := b.Pick(context.Background(), "/a.S/M")
-			if ep.Addr() != addr {
-				ep.Done(nil)
-				continue
-			}
-			ep.Done(err)
-			n--
-		}
-	}
-	fail("backend-0", 2, unavailable)
-	fail("backend-0", 1, nil)
-	fail("backend-0", 2, unavailable)
-	fail("backend-0", 1, status.Error(codes.NotFound, "an application answer"))
-	if got := pickN(t, b, "/a.S/M", 20); got["backend-0"] == 0 {
-		t.Fatalf("backend-0 was ejected without 3 UNAVAILABLE in a row: %v", got)
-	}
-	fail("backend-0", 3, unavailable)
-	if len(ejected) != 1 || ejected[0] != "backend-0" {
-		t.Fatalf("ejected %v, want [backend-0]", ejected)
-	}
-	if got := pickN(t, b, "/a.S/M", 20); got["backend-1"] != 20 {
-		t.Fatalf("with backend-0 ejected, picks went %v", got)
-	}
-	// Every backend ejected: calls still go somewhere.
-	fail("backend-1", 3, unavailable)
-	if got := pickN(t, b, "/a.S/M", 4); got["backend-0"]+got["backend-1"] != 4 {
-		t.Fatalf("with all ejected, picks went %v", got)
-	}
-	var until time.Time
-	for _, ep := range b.table.Load().eps {
-		if ep.Addr() == "backend-0" {
-			until = ep.EjectedUntil()
-		}
-	}
-	if until.Before(time.Now().Add(59 * time.Minute)) {
-		t.Fatalf("backend-0 ejected until %v, want about an hour from now", until)
-	}
 }

@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"strconv"
 	"os"
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"gopkg.in/yaml.v3"
 
 	"github.com/healthgate/healthgate/balancer"
@@ -47,13 +50,23 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 }
 
-// Outlier ejects a backend whose calls keep ending UNAVAILABLE although its
-// health check says SERVING.
+// Outlier ejects a backend whose calls keep failing at the backend itself
+// (connection refused or reset, stream reset, no response header before the
+// deadline) although its health check says SERVING.
 type Outlier struct {
-	// ConsecutiveUnavailable calls in a row eject it. Default 5.
+	// ConsecutiveFailures in a row eject it. Default 5.
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
+	// ConsecutiveUnavailable is the old name of ConsecutiveFailures.
 	ConsecutiveUnavailable int `yaml:"consecutive_unavailable"`
-	// Ejection is how long, longer each time in a row. Default 30s.
+	// Ejection is how long, longer each time in a row. Default 30s. It ends
+	// early when the backend reconnects and reports SERVING.
 	Ejection time.Duration `yaml:"ejection"`
+	// MaxEjectionPercent of a route's backends may be out at once, rounded
+	// down. Default 50.
+	MaxEjectionPercent int `yaml:"max_ejection_percent"`
+	// Codes are statuses answered by the backend's application that count
+	// as failures too, by name (UNAVAILABLE). Default none.
+	Codes []string `yaml:"codes"`
 	// Disabled turns passive failure detection off.
 	Disabled bool `yaml:"disabled"`
 }
@@ -147,6 +160,10 @@ type Proxy struct {
 	MaxResponseBytes int `yaml:"max_response_bytes"`
 	// DefaultTimeout is given to calls without a deadline. Default none.
 	DefaultTimeout time.Duration `yaml:"default_timeout"`
+	// TrustedProxies are addresses or CIDR prefixes of clients whose
+	// x-forwarded-for and x-forwarded-host are kept and appended to; from
+	// anyone else they are replaced. Default none.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 // Health tunes backend health checking.
@@ -211,12 +228,10 @@ func (c *Config) ApplyDefaults() {
 	if host, port, err := net.SplitHostPort(c.Admin); err == nil && host == "" {
 		c.Admin = net.JoinHostPort("127.0.0.1", port)
 	}
-	if c.Outlier.ConsecutiveUnavailable == 0 {
-		c.Outlier.ConsecutiveUnavailable = 5
+	if c.Outlier.ConsecutiveFailures == 0 {
+		c.Outlier.ConsecutiveFailures = c.Outlier.ConsecutiveUnavailable
 	}
-	if c.Outlier.Ejection == 0 {
-		c.Outlier.Ejection = 30 * time.Second
-	}
+	c.Outlier.ConsecutiveUnavailable = 0
 	if c.Register.Name == "" {
 		c.Register.Name = "healthgate"
 	}
@@ -318,8 +333,20 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s: must not be negative, got %s", d.field, d.v)
 		}
 	}
+	if c.Outlier.ConsecutiveFailures < 0 {
+		return fmt.Errorf("outlier_detection.consecutive_failures: must not be negative, got %d", c.Outlier.ConsecutiveFailures)
+	}
 	if c.Outlier.ConsecutiveUnavailable < 0 {
 		return fmt.Errorf("outlier_detection.consecutive_unavailable: must not be negative, got %d", c.Outlier.ConsecutiveUnavailable)
+	}
+	if p := c.Outlier.MaxEjectionPercent; p < 0 || p > 100 {
+		return fmt.Errorf("outlier_detection.max_ejection_percent: must be within 0-100, got %d", p)
+	}
+	if _, err := c.Outlier.ParseCodes(); err != nil {
+		return err
+	}
+	if _, err := c.Proxy.ParseTrustedProxies(); err != nil {
+		return err
 	}
 	if c.Proxy.MaxRequestBytes < 0 {
 		return fmt.Errorf("proxy.max_request_bytes: must not be negative, got %d", c.Proxy.MaxRequestBytes)
@@ -400,4 +427,36 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// ParseCodes turns Codes into gRPC codes.
+func (o Outlier) ParseCodes() ([]codes.Code, error) {
+	out := make([]codes.Code, 0, len(o.Codes))
+	for i, name := range o.Codes {
+		var c codes.Code
+		if err := c.UnmarshalJSON([]byte(strconv.Quote(strings.ToUpper(name)))); err != nil || c == codes.OK {
+			return nil, fmt.Errorf("outlier_detection.codes[%d]: %q is not a gRPC status code name other than OK (UNAVAILABLE, DEADLINE_EXCEEDED, ...)", i, name)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// ParseTrustedProxies turns TrustedProxies into prefixes; a bare address is
+// a prefix of its own.
+func (p Proxy) ParseTrustedProxies() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(p.TrustedProxies))
+	for i, s := range p.TrustedProxies {
+		if pr, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, pr.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("proxy.trusted_proxies[%d]: %q is neither an IP address nor a CIDR prefix", i, s)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }

@@ -136,7 +136,7 @@ func TestB33_ConsulDownKeepsRoutingAndRecovers(t *testing.T) {
 			t.Fatalf("call %d with Consul down: %v", i, err)
 		}
 	}
-	if st := h.g.State(); st.Routes[testutil.TestService].Routable() != 1 {
+	if st := h.g.State(); st.Routes[testutil.TestService].Routable != 1 {
 		t.Fatalf("the last known backend left the rotation while Consul was down")
 	}
 

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"reflect"
@@ -52,15 +51,15 @@ type Gateway struct {
 	srv     *grpc.Server
 	state   atomic.Pointer[healthcheck.State]
 
-	draining atomic.Bool
+	// listening is true while the listener accepts calls.
+	listening atomic.Bool
 	// synced is closed when the first synced state is published.
 	synced     chan struct{}
 	syncedOnce sync.Once
 
 	mu sync.Mutex // guards the fields below
 	// cfg is the config in force: the one given to New, then each reload's.
-	cfg        config.Config
-	minHealthy map[string]int
+	cfg config.Config
 }
 
 // New builds a gateway from cfg.
@@ -85,14 +84,14 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		return nil, err
 	}
 	g.source = discovery.NewSwitch(p.source)
-	g.minHealthy = p.minHealthy
 	g.checker, err = healthcheck.New(healthcheck.Config{
-		HealthServices: p.healthServices,
-		DialOptions:    backendDialOptions(),
-		BackoffBase:    cfg.Health.BackoffBase,
-		BackoffMax:     cfg.Health.BackoffMax,
-		DrainGrace:     cfg.Health.DrainGrace,
-		Events:         g.metrics,
+		Routes:      p.routes,
+		DialOptions: backendDialOptions(),
+		BackoffBase: cfg.Health.BackoffBase,
+		BackoffMax:  cfg.Health.BackoffMax,
+		DrainGrace:  cfg.Health.DrainGrace,
+		Outlier:     p.outlier,
+		Events:      g.metrics,
 	}, logger)
 	if err != nil {
 		return nil, err
@@ -100,11 +99,16 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	if g.bal, err = balancer.New(p.balancer, logger); err != nil {
 		return nil, err
 	}
-	g.health = healthserver.New(healthserver.Config{MinHealthy: p.minHealthy}, logger)
+	g.health = healthserver.New(logger)
+	trusted, err := cfg.Proxy.ParseTrustedProxies()
+	if err != nil {
+		return nil, err
+	}
 	px, err := proxy.New(proxy.Config{
 		MaxRequestBytes:  cfg.Proxy.MaxRequestBytes,
 		MaxResponseBytes: cfg.Proxy.MaxResponseBytes,
 		DefaultTimeout:   cfg.Proxy.DefaultTimeout,
+		TrustedProxies:   trusted,
 		Observer:         g.metrics,
 	}, picker{g.bal}, logger)
 	if err != nil {
@@ -117,24 +121,29 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 
 // plan is what the stages are configured with, derived from a config.
 type plan struct {
-	source         discovery.Source
-	healthServices map[string]string
-	minHealthy     map[string]int
-	balancer       balancer.Config
+	source   discovery.Source
+	routes   map[string]healthcheck.RouteConfig
+	outlier  healthcheck.OutlierConfig
+	balancer balancer.Config
 }
 
 func (g *Gateway) plan(cfg config.Config) (plan, error) {
-	p := plan{healthServices: map[string]string{}, minHealthy: map[string]int{}}
-	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt, OnEject: g.metrics.BackendEjected}
-	if !cfg.Outlier.Disabled {
-		p.balancer.Outlier = balancer.Outlier{ConsecutiveUnavailable: cfg.Outlier.ConsecutiveUnavailable, Ejection: cfg.Outlier.Ejection}
+	p := plan{routes: map[string]healthcheck.RouteConfig{}}
+	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt}
+	codes, err := cfg.Outlier.ParseCodes()
+	if err != nil {
+		return plan{}, err
+	}
+	p.outlier = healthcheck.OutlierConfig{
+		Disabled:            cfg.Outlier.Disabled,
+		ConsecutiveFailures: cfg.Outlier.ConsecutiveFailures,
+		Ejection:            cfg.Outlier.Ejection,
+		MaxEjectionPercent:  cfg.Outlier.MaxEjectionPercent,
+		Codes:               codes,
 	}
 	for _, r := range cfg.Routes {
-		if r.HealthService != nil {
-			p.healthServices[r.Service] = *r.HealthService
-		}
 		p.balancer.Policies[r.Service] = r.Policy
-		p.minHealthy[r.Service] = r.MinHealthy
+		p.routes[r.Service] = healthcheck.RouteConfig{HealthService: r.HealthService, MinHealthy: r.MinHealthy}
 	}
 	src, err := sources(cfg, g.log, g.metrics)
 	if err != nil {
@@ -148,12 +157,37 @@ func (g *Gateway) plan(cfg config.Config) (plan, error) {
 // what it needs and imports nothing of the stages before it.
 type picker struct{ b *balancer.Balancer }
 
-func (p picker) Pick(ctx context.Context, fullMethod string) (proxy.Upstream, error) {
-	ep, err := p.b.Pick(ctx, fullMethod)
+func (p picker) Pick(ctx context.Context, fullMethod string, tried []proxy.Upstream) (proxy.Upstream, error) {
+	var hs []*healthcheck.Handle
+	if len(tried) > 0 {
+		hs = make([]*healthcheck.Handle, 0, len(tried))
+		for _, u := range tried {
+			if u, ok := u.(upstream); ok {
+				hs = append(hs, u.Handle)
+			}
+		}
+	}
+	h, err := p.b.Pick(ctx, fullMethod, hs)
 	if err != nil {
 		return nil, err
 	}
-	return ep, nil
+	return upstream{h}, nil
+}
+
+// upstream is a backend as the proxy sees it: the Handle's Addr and
+// NewStream, and its Done in the proxy's words. A struct of one pointer, so
+// making it an interface value allocates nothing.
+type upstream struct{ *healthcheck.Handle }
+
+func (u upstream) Done(o proxy.Outcome) {
+	origin := healthcheck.FromBackend
+	switch o.Origin {
+	case proxy.FromClient:
+		origin = healthcheck.FromClient
+	case proxy.Local:
+		origin = healthcheck.Local
+	}
+	u.Handle.Done(healthcheck.Outcome{Code: o.Code, Origin: origin})
 }
 
 func serverOptions() []grpc.ServerOption {
@@ -246,7 +280,7 @@ func consulConfig(cfg config.Config) discovery.ConsulConfig {
 	}
 }
 
-// State is the latest published state; nil before the first.
+// State is the latest routing table; nil before the first.
 func (g *Gateway) State() *healthcheck.State { return g.state.Load() }
 
 // Synced is closed once discovery has been heard from and its state is
@@ -254,24 +288,12 @@ func (g *Gateway) State() *healthcheck.State { return g.state.Load() }
 func (g *Gateway) Synced() <-chan struct{} { return g.synced }
 
 // Draining is true once the gateway has begun to shut down.
-func (g *Gateway) Draining() bool { return g.draining.Load() }
+func (g *Gateway) Draining() bool { return g.state.Load().Draining }
 
-// MinHealthy is the routable backends route needs to report SERVING.
-func (g *Gateway) MinHealthy(route string) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if n := g.minHealthy[route]; n > 0 {
-		return n
-	}
-	return 1
-}
+// Listening is true while the listener accepts calls.
+func (g *Gateway) Listening() bool { return g.listening.Load() }
 
-// InFlight counts the calls in flight on a backend connection.
-func (g *Gateway) InFlight(conn *grpc.ClientConn) int64 { return g.bal.InFlight(conn) }
-
-// EjectedUntil is when passive failure detection lets the backend behind
-// conn take calls again; zero when it is not ejected.
-func (g *Gateway) EjectedUntil(conn *grpc.ClientConn) time.Time { return g.bal.EjectedUntil(conn) }
+func (g *Gateway) ready() (bool, string) { return admin.Ready(g) }
 
 // AdminHandler serves the admin endpoint for this gateway.
 func (g *Gateway) AdminHandler() http.Handler {
@@ -324,11 +346,14 @@ func (g *Gateway) Reload(cfg config.Config) (needRestart []string, err error) {
 	kept.Listen, kept.Admin, kept.AdminPublic, kept.Pprof = old.Listen, old.Admin, old.AdminPublic, old.Pprof
 	kept.Log, kept.Proxy, kept.Health, kept.Shutdown, kept.Register = old.Log, old.Proxy, old.Health, old.Shutdown, old.Register
 	g.cfg = kept
-	g.minHealthy = maps.Clone(p.minHealthy)
 	g.mu.Unlock()
 
-	g.health.SetMinHealthy(p.minHealthy)
-	g.checker.SetHealthServices(p.healthServices)
+	if err := g.checker.SetOutlier(p.outlier); err != nil {
+		return nil, fmt.Errorf("gateway: reload: %w", err)
+	}
+	if err := g.checker.SetRoutes(p.routes); err != nil {
+		return nil, fmt.Errorf("gateway: reload: %w", err)
+	}
 	g.source.Set(p.source)
 	g.log.Info("configuration reloaded", "routes", len(cfg.Routes), "needs_restart", needRestart)
 	return needRestart, nil
@@ -351,6 +376,7 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	}()
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- g.srv.Serve(lis) }()
+	g.listening.Store(true)
 	g.log.Info("healthgate serving", "listen", lis.Addr().String())
 
 	var reg *register.Registration
@@ -387,7 +413,7 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 		g.log.Error("grpc server stopped", "err", err)
 	}
 
-	g.draining.Store(true)
+	drained := g.checker.Drain()
 	if reg != nil {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if derr := reg.Deregister(dctx); derr != nil {
@@ -396,7 +422,15 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 		cancel()
 	}
 	g.log.Info("draining: reporting NOT_SERVING", "drain_delay", cfg.Shutdown.DrainDelay, "grace", cfg.Shutdown.Grace)
-	g.health.Shutdown()
+	// Every status turns NOT_SERVING before anything else happens; the
+	// checker is still running unless it failed.
+	if err == nil {
+		select {
+		case <-drained:
+		case <-time.After(time.Second):
+			g.log.Warn("draining: the routing table did not turn NOT_SERVING within 1s")
+		}
+	}
 	if err == nil {
 		t := time.NewTimer(cfg.Shutdown.DrainDelay)
 		<-t.C
@@ -405,6 +439,7 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	// Watch streams on the gateway's own health service would hold the
 	// graceful stop for the whole grace period.
 	g.health.Close()
+	g.listening.Store(false)
 	stopped := make(chan struct{})
 	go func() { g.srv.GracefulStop(); close(stopped) }()
 	t := time.NewTimer(cfg.Shutdown.Grace)

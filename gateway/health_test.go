@@ -83,7 +83,8 @@ func TestB42_WholeGatewayAndList(t *testing.T) {
 		t.Fatalf("List has %d entries, want 3: %v", len(list.Statuses), list.Statuses)
 	}
 
-	// Policy: "" stays SERVING while any route can route.
+	// Policy: "" is the gateway's readiness: it stays SERVING while routes
+	// go down (B44); they say so themselves.
 	a.Health.SetServingStatus(testutil.TestService, healthpb.HealthCheckResponse_NOT_SERVING)
 	testutil.WaitFor(t, 10*time.Second, "test.Svc to report NOT_SERVING", func() bool {
 		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: testutil.TestService})
@@ -92,9 +93,14 @@ func TestB42_WholeGatewayAndList(t *testing.T) {
 	if resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf(`"" with one route down: %v, %v; want SERVING`, resp, err)
 	}
-	// ... and turns NOT_SERVING when none can.
 	b.Health.SetServingStatus("other.Svc", healthpb.HealthCheckResponse_NOT_SERVING)
-	next(healthpb.HealthCheckResponse_NOT_SERVING)
+	testutil.WaitFor(t, 10*time.Second, "other.Svc to report NOT_SERVING", func() bool {
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "other.Svc"})
+		return err == nil && resp.Status == healthpb.HealthCheckResponse_NOT_SERVING
+	})
+	if resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf(`"" with every route down: %v, %v; want SERVING: the gateway itself can take traffic`, resp, err)
+	}
 }
 
 // watchUntil reads a health Watch stream until it reports want.

@@ -16,14 +16,43 @@ import (
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
-// A backend that says SERVING but answers every call UNAVAILABLE is ejected
-// after the configured failures in a row; the other backend takes the calls.
-func TestPassiveFailureDetectionEjects(t *testing.T) {
+// An application that answers UNAVAILABLE is answering: by default it is
+// not ejected, so no client can empty a route by calling a method that
+// fails.
+func TestB35_ApplicationAnswersDoNotEjectByDefault(t *testing.T) {
 	good, bad := testutil.StartBackend(t), testutil.StartBackend(t)
 	bad.FailWith.Store(int32(codes.Unavailable))
 	h := startGateway(t, config.Config{
 		Routes:  []config.Route{{Service: testutil.TestService, Backends: []string{good.Addr, bad.Addr}}},
-		Outlier: config.Outlier{ConsecutiveUnavailable: 3, Ejection: time.Minute},
+		Outlier: config.Outlier{ConsecutiveFailures: 3, Ejection: time.Minute},
+	})
+	h.routable(t, testutil.TestService, 2)
+	cc := testutil.Dial(t, h.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	failed := 0
+	for range 20 {
+		if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); status.Code(err) == codes.Unavailable {
+			failed++
+		}
+	}
+	if failed != 10 {
+		t.Fatalf("%d of 20 calls failed, want the 10 the failing backend answered (round robin over two)", failed)
+	}
+	if r := h.g.State().Routes[testutil.TestService]; r.Routable != 2 {
+		t.Fatalf("routable %d after application errors, want 2: nothing ejected", r.Routable)
+	}
+}
+
+// A backend that says SERVING but answers every call with a code the route
+// counts is ejected after the configured failures in a row; the other
+// backend takes the calls, and the table (/backends) shows the ejection.
+func TestPassiveFailureDetectionEjectsOnConfiguredCodes(t *testing.T) {
+	good, bad := testutil.StartBackend(t), testutil.StartBackend(t)
+	bad.FailWith.Store(int32(codes.Unavailable))
+	h := startGateway(t, config.Config{
+		Routes:  []config.Route{{Service: testutil.TestService, Backends: []string{good.Addr, bad.Addr}}},
+		Outlier: config.Outlier{ConsecutiveFailures: 3, Ejection: time.Minute, Codes: []string{"UNAVAILABLE"}},
 	})
 	h.routable(t, testutil.TestService, 2)
 	cc := testutil.Dial(t, h.addr)
@@ -31,7 +60,7 @@ func TestPassiveFailureDetectionEjects(t *testing.T) {
 	defer cancel()
 
 	failed := 0
-	for range 20 {
+	for range 6 {
 		if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); err != nil {
 			if status.Code(err) != codes.Unavailable {
 				t.Fatalf("call failed with %v", err)
@@ -40,9 +69,15 @@ func TestPassiveFailureDetectionEjects(t *testing.T) {
 		}
 	}
 	if failed != 3 {
-		t.Fatalf("%d of 20 calls failed, want exactly the 3 that eject the bad backend", failed)
+		t.Fatalf("%d of 6 calls failed, want the 3 that eject the bad backend", failed)
 	}
-
+	// The ejection reaches the table a moment after the third failure.
+	h.routable(t, testutil.TestService, 1)
+	for range 20 {
+		if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); err != nil {
+			t.Fatalf("a call after the ejection failed: %v", err)
+		}
+	}
 	srv := httptest.NewServer(h.g.AdminHandler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/backends")

@@ -1,12 +1,15 @@
-// Package healthcheck turns the endpoints that discovery reports into
-// backends the gateway may route to.
+// Package healthcheck turns the endpoints that discovery reports into the
+// gateway's routing table.
 //
-// It keeps one *grpc.ClientConn per backend address, shared by every route
-// that lists the address and carrying both the proxied calls and the
+// It owns the backends: one *grpc.ClientConn per address, shared by every
+// route that lists the address and carrying both the proxied calls and the
 // health checks, and on it one grpc.health.v1.Health/Watch stream per
-// health-service name, started only while the connection is READY: the
+// health-service name, started only while the connection is READY (the
 // client-side health checking of gRPC proposal A17, done once for all the
-// gateway's clients. What it learns it publishes as an immutable State.
+// gateway's clients). One step folds everything that decides routability
+// (discovery, the connection, the Watch answers, passive ejection, drain
+// and each route's minimum) into an immutable, versioned State; the rest of
+// the gateway only reads it.
 package healthcheck
 
 import (
@@ -26,14 +29,17 @@ import (
 	"github.com/healthgate/healthgate/discovery"
 )
 
+// MetaHealthService is the discovery metadata key (Consul service meta)
+// with which an instance names the grpc.health.v1 service the gateway asks
+// it about; "" is allowed and asks for the server's overall health.
+const MetaHealthService = "healthgate.health_service"
+
 // Config tunes health checking. DialOptions is required; the other zero
 // values are documented defaults.
 type Config struct {
-	// HealthServices maps a route to the grpc.health.v1 service name that is
-	// watched for its backends. A route not listed watches its own name
-	// (the full gRPC service name); the default route watches "", the
-	// backend's overall health.
-	HealthServices map[string]string
+	// Routes holds per-route settings; a route not listed has the zero
+	// RouteConfig.
+	Routes map[string]RouteConfig
 	// DialOptions are used for every backend connection. They must carry
 	// transport credentials.
 	DialOptions []grpc.DialOption
@@ -42,11 +48,48 @@ type Config struct {
 	// connection backoff A17 reuses.
 	BackoffBase, BackoffMax time.Duration
 	// DrainGrace is how long a backend that discovery no longer lists keeps
-	// its connection for the calls still in flight on it. It gets no new
-	// calls meanwhile. Zero means 10s.
+	// its connection for the calls still in flight on it, and how long a
+	// route that discovery no longer lists keeps answering UNAVAILABLE
+	// before its calls become UNIMPLEMENTED. Zero means 10s.
 	DrainGrace time.Duration
-	// Events, if set, is told of health transitions and Watch starts.
+	// Outlier is passive failure detection.
+	Outlier OutlierConfig
+	// Events, if set, is told of what the checker sees happen.
 	Events Events
+}
+
+// RouteConfig is one route's settings.
+type RouteConfig struct {
+	// HealthService, when set, is the grpc.health.v1 name watched on every
+	// backend of the route. Nil means the instance's MetaHealthService if
+	// it has one, else the route's own name ("" for the default route).
+	HealthService *string
+	// MinHealthy is how many routable backends the route needs to report
+	// SERVING. Zero means 1.
+	MinHealthy int
+}
+
+func (rc RouteConfig) minHealthy() int { return max(rc.MinHealthy, 1) }
+
+// healthService is the name watched for ep on route.
+func (rc RouteConfig) healthService(route string, ep discovery.Endpoint) string {
+	if rc.HealthService != nil {
+		return *rc.HealthService
+	}
+	if s, ok := ep.Meta[MetaHealthService]; ok {
+		return s
+	}
+	return rc.defaultHealthService(route)
+}
+
+func (rc RouteConfig) defaultHealthService(route string) string {
+	if rc.HealthService != nil {
+		return *rc.HealthService
+	}
+	if route == discovery.DefaultRoute {
+		return ""
+	}
+	return route
 }
 
 // Events receives what the checker sees happen, for metrics. Methods are
@@ -56,6 +99,11 @@ type Events interface {
 	HealthChanged(addr, svc string, from, to healthpb.HealthCheckResponse_ServingStatus)
 	// WatchStarted: a Watch stream was opened (first time or again).
 	WatchStarted(addr, svc string)
+	// BackendEjected: passive failure detection took addr out.
+	BackendEjected(addr string)
+	// BackendRemoved: addr's connection is closed and the gateway forgets
+	// it; anything kept per backend can go.
+	BackendRemoved(addr string)
 }
 
 // Validate reports the first field that cannot be used.
@@ -69,6 +117,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("backoff_max: must not be negative, got %s", c.BackoffMax)
 	case c.DrainGrace < 0:
 		return fmt.Errorf("drain_grace: must not be negative, got %s", c.DrainGrace)
+	}
+	for name, rc := range c.Routes {
+		if rc.MinHealthy < 0 {
+			return fmt.Errorf("route %q: min_healthy: must not be negative, got %d", name, rc.MinHealthy)
+		}
+	}
+	if err := c.Outlier.Validate(); err != nil {
+		return fmt.Errorf("outlier_detection.%w", err)
 	}
 	return nil
 }
@@ -86,120 +142,36 @@ func (c Config) withDefaults() Config {
 	if c.DrainGrace == 0 {
 		c.DrainGrace = 10 * time.Second
 	}
+	c.Outlier = c.Outlier.withDefaults()
 	return c
 }
 
-// HealthService is the health-service name watched for route.
-func (c Config) HealthService(route string) string {
-	if s, ok := c.HealthServices[route]; ok {
-		return s
-	}
-	if route == discovery.DefaultRoute {
-		return ""
-	}
-	return route
-}
-
-// State is what the checker knows at one moment. It is never modified after
-// it is published.
-type State struct {
-	// Version grows with every published state.
-	Version uint64
-	// Synced is the discovery snapshot's: false until the source has heard
-	// from its origin once.
-	Synced bool
-	// Routes by name, each with every backend discovery lists for it,
-	// routable or not.
-	Routes map[string]*Route
-}
-
-// Backend finds addr among route's backends. A nil State has none.
-func (s *State) Backend(route, addr string) (Backend, bool) {
-	if s == nil {
-		return Backend{}, false
-	}
-	if r, ok := s.Routes[route]; ok {
-		for _, b := range r.Backends {
-			if b.Addr == addr {
-				return b, true
-			}
-		}
-	}
-	return Backend{}, false
-}
-
-// Route is one route's backends.
-type Route struct {
-	Name          string
-	HealthService string
-	// Backends sorted by address.
-	Backends []Backend
-}
-
-// Routable counts the backends that may take calls.
-func (r *Route) Routable() int {
-	n := 0
-	for _, b := range r.Backends {
-		if b.Routable {
-			n++
-		}
-	}
-	return n
-}
-
-// Backend is one backend of one route.
-type Backend struct {
-	Addr   string
-	Weight int
-	// Discovery is the source's word on the instance (discovery.Endpoint's
-	// Status).
-	Discovery string
-	// Conn is the backend's connection, shared by all its routes.
-	Conn *grpc.ClientConn
-	// Routable: connected, and the latest Watch answer for the route's
-	// health service is SERVING (or the backend has no health service).
-	Routable bool
-	// Status is the latest health status; UNKNOWN until the first answer.
-	Status healthpb.HealthCheckResponse_ServingStatus
-	// Reason says why the backend is not routable, or why it is routable
-	// without a SERVING answer; empty otherwise.
-	Reason string
-	// Since is when Status or routability last changed.
-	Since time.Time
-}
-
-func (b Backend) same(o Backend) bool {
-	return b.Addr == o.Addr && b.Weight == o.Weight && b.Conn == o.Conn && b.Discovery == o.Discovery &&
-		b.Routable == o.Routable && b.Status == o.Status && b.Reason == o.Reason
-}
-
-// Checker runs the health checks.
+// Checker runs the health checks and builds the routing table.
 type Checker struct {
 	cfg   Config
 	log   *slog.Logger
-	dirty chan struct{}
+	wake  chan struct{}
+	alive atomic.Bool // Run is running; guards against a second Run
 
-	mu sync.Mutex // guards hsvc
-	// hsvc is cfg.HealthServices as last set; a reload may change it.
-	hsvc map[string]string
+	// outlier is the passive detection in force, read by every call's Done.
+	outlier atomic.Pointer[OutlierConfig]
+	// latest is the last published State, for ejection decisions.
+	latest atomic.Pointer[State]
+	// ejectMu guards the ejection fields of every Handle: a decision to
+	// eject looks at all the backends of a route at once.
+	ejectMu sync.Mutex
+
+	mu sync.Mutex // guards the fields below
+	// routes is cfg.Routes as last set; a reload may change it.
+	routes map[string]RouteConfig
 	// reconfigured asks the Run loop to reconcile without a new snapshot.
-	reconfigured atomic.Bool
-}
-
-// SetHealthServices replaces Config.HealthServices; Watches follow at once.
-func (c *Checker) SetHealthServices(m map[string]string) {
-	c.mu.Lock()
-	c.hsvc = maps.Clone(m)
-	c.mu.Unlock()
-	c.reconfigured.Store(true)
-	c.poke()
-}
-
-// healthService is the health-service name watched for route.
-func (c *Checker) healthService(route string) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return Config{HealthServices: c.hsvc}.HealthService(route)
+	reconfigured bool
+	// dirty has the addresses whose facts changed since the last build.
+	dirty map[string]struct{}
+	// draining is set by Drain; drained is closed once a State with
+	// Draining set is published.
+	draining bool
+	drained  chan struct{}
 }
 
 // New returns a checker; Run starts it.
@@ -210,21 +182,100 @@ func New(cfg Config, logger *slog.Logger) (*Checker, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Checker{
-		cfg:   cfg.withDefaults(),
-		log:   logger.With("component", "healthcheck"),
-		dirty: make(chan struct{}, 1),
-		hsvc:  maps.Clone(cfg.HealthServices),
-	}, nil
+	cfg = cfg.withDefaults()
+	c := &Checker{
+		cfg:     cfg,
+		log:     logger.With("component", "healthcheck"),
+		wake:    make(chan struct{}, 1),
+		routes:  maps.Clone(cfg.Routes),
+		dirty:   map[string]struct{}{},
+		drained: make(chan struct{}),
+	}
+	o := cfg.Outlier
+	c.outlier.Store(&o)
+	return c, nil
+}
+
+// SetRoutes replaces Config.Routes; Watches and the table follow at once.
+func (c *Checker) SetRoutes(m map[string]RouteConfig) error {
+	for name, rc := range m {
+		if rc.MinHealthy < 0 {
+			return fmt.Errorf("healthcheck: route %q: min_healthy: must not be negative, got %d", name, rc.MinHealthy)
+		}
+	}
+	c.mu.Lock()
+	c.routes = maps.Clone(m)
+	c.reconfigured = true
+	c.mu.Unlock()
+	c.poke()
+	return nil
+}
+
+// SetOutlier replaces Config.Outlier. Backends ejected now stay ejected
+// until their time is up.
+func (c *Checker) SetOutlier(o OutlierConfig) error {
+	if err := o.Validate(); err != nil {
+		return fmt.Errorf("healthcheck: outlier_detection.%w", err)
+	}
+	o = o.withDefaults()
+	c.outlier.Store(&o)
+	return nil
+}
+
+// Drain marks the gateway as shutting down: the next State has Draining
+// set, and every route reports NOT_SERVING. The returned channel is closed
+// once that State is published.
+func (c *Checker) Drain() <-chan struct{} {
+	c.mu.Lock()
+	c.draining = true
+	ch := c.drained
+	c.mu.Unlock()
+	c.poke()
+	return ch
 }
 
 // poke asks the Run loop to look again. Pokes merge: however many arrive, one
 // pass sees the latest of everything.
 func (c *Checker) poke() {
 	select {
-	case c.dirty <- struct{}{}:
+	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// markDirty says addr's facts changed: the routes that list it are built
+// again.
+func (c *Checker) markDirty(addr string) {
+	c.mu.Lock()
+	c.dirty[addr] = struct{}{}
+	c.mu.Unlock()
+	c.poke()
+}
+
+// leaving is a backend that discovery no longer lists: it keeps its
+// connection until until, and is shown in the routes it was in.
+type leaving struct {
+	until  time.Time
+	routes map[string]discovery.Endpoint
+}
+
+// goneRoute is a route that discovery no longer lists, kept until until.
+type goneRoute struct {
+	until time.Time
+	eps   []discovery.Endpoint
+}
+
+// run is the state of one Run, owned by its goroutine.
+type run struct {
+	c       *Checker
+	handles map[string]*Handle
+	leaving map[string]*leaving
+	gone    map[string]*goneRoute
+	snap    discovery.Snapshot
+	synced  bool
+	routes  map[string]RouteConfig
+	// byAddr lists the routes each address appears in, in the last build.
+	byAddr map[string][]string
 }
 
 // Run runs src, health-checks the backends it reports and calls publish with
@@ -232,6 +283,9 @@ func (c *Checker) poke() {
 // only and must not block. When Run returns, every connection it opened is
 // closed and every goroutine it started has ended.
 func (c *Checker) Run(ctx context.Context, src discovery.Source, publish func(*State)) error {
+	if !c.alive.CompareAndSwap(false, true) {
+		return errors.New("healthcheck: Run called twice")
+	}
 	var (
 		snapMu sync.Mutex
 		latest *discovery.Snapshot // guarded by snapMu
@@ -248,23 +302,23 @@ func (c *Checker) Run(ctx context.Context, src discovery.Source, publish func(*S
 		})
 	}()
 
-	backends := map[string]*backend{}
-	draining := map[string]time.Time{} // address -> when its connection closes
+	r := &run{c: c, handles: map[string]*Handle{}, leaving: map[string]*leaving{}, gone: map[string]*goneRoute{}, byAddr: map[string][]string{}}
 	defer func() {
 		stopSrc()
-		for _, b := range backends {
-			b.close()
+		for _, h := range r.handles {
+			h.close()
 		}
 		<-srcDone
 	}()
 
 	var (
-		snap    discovery.Snapshot
-		prev    *State
-		version uint64
-		drainT  = time.NewTimer(time.Hour)
+		prev      *State
+		version   uint64
+		wasDrain  bool
+		timer     = time.NewTimer(time.Hour)
+		timerFire bool
 	)
-	defer drainT.Stop()
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -275,111 +329,321 @@ func (c *Checker) Run(ctx context.Context, src discovery.Source, publish func(*S
 				return fmt.Errorf("healthcheck: discovery: %w", err)
 			}
 			return nil
-		case <-c.dirty:
-		case <-drainT.C:
+		case <-c.wake:
+		case <-timer.C:
+			timerFire = true
 		}
 
 		snapMu.Lock()
 		fresh := latest != nil
 		if fresh {
-			snap, latest = *latest, nil
+			r.snap, latest = *latest, nil
 		}
 		snapMu.Unlock()
-		if c.reconfigured.Swap(false) || fresh {
-			c.reconcile(ctx, snap, backends, draining)
-		}
+		c.mu.Lock()
+		reconf := c.reconfigured
+		c.reconfigured = false
+		r.routes = c.routes
+		dirty := c.dirty
+		c.dirty = map[string]struct{}{}
+		draining := c.draining
+		drained := c.drained
+		c.mu.Unlock()
 
 		now := time.Now()
-		next := time.Duration(0)
-		for addr, at := range draining {
-			if !now.Before(at) {
-				c.log.Info("backend drained, closing its connection", "addr", addr)
-				backends[addr].close()
-				delete(backends, addr)
-				delete(draining, addr)
-			} else if d := at.Sub(now); next == 0 || d < next {
-				next = d
-			}
+		if fresh || reconf {
+			r.reconcile(ctx, now, fresh)
 		}
-		if next > 0 {
-			drainT.Reset(next)
-		}
+		r.expire(now)
+		full := fresh || reconf || timerFire || draining != wasDrain || prev == nil
+		timerFire, wasDrain = false, draining
 
-		st := c.state(snap, backends, prev)
+		st := r.build(now, prev, full, dirty, draining)
 		if prev == nil || !st.sameAs(prev) {
 			version++
 			st.Version = version
 			prev = st
+			c.latest.Store(st)
 			publish(st)
+		}
+		if draining {
+			select {
+			case <-drained:
+			default:
+				close(drained)
+			}
+		}
+		if next := r.nextDeadline(now); !next.IsZero() {
+			timer.Reset(next.Sub(now))
 		}
 	}
 }
 
 // reconcile makes the backends match the snapshot: new addresses get a
-// connection, listed ones watch the health services of their routes, and
-// addresses no longer listed start draining.
-func (c *Checker) reconcile(ctx context.Context, snap discovery.Snapshot, backends map[string]*backend, draining map[string]time.Time) {
+// connection, listed ones watch the health services of their routes,
+// addresses no longer listed start leaving, and routes no longer listed are
+// kept for the grace.
+func (r *run) reconcile(ctx context.Context, now time.Time, fresh bool) {
+	c := r.c
+	r.synced = r.synced || r.snap.Synced
 	want := map[string]map[string]bool{} // address -> health services
-	for route, eps := range snap.Routes {
-		svc := c.healthService(route)
+	for route, eps := range r.snap.Routes {
+		rc := r.routes[route]
 		for _, ep := range eps {
 			if want[ep.Addr] == nil {
 				want[ep.Addr] = map[string]bool{}
 			}
-			want[ep.Addr][svc] = true
+			want[ep.Addr][rc.healthService(route, ep)] = true
+		}
+	}
+	until := now.Add(c.cfg.DrainGrace)
+	// Where each address was, to show a leaving backend in its routes.
+	if fresh {
+		for addr, routes := range r.byAddr {
+			if _, listed := want[addr]; listed {
+				continue
+			}
+			if _, ok := r.handles[addr]; !ok {
+				continue
+			}
+			if _, ok := r.leaving[addr]; ok {
+				continue
+			}
+			l := &leaving{until: until, routes: map[string]discovery.Endpoint{}}
+			for _, route := range routes {
+				l.routes[route] = discovery.Endpoint{Addr: addr}
+			}
+			r.leaving[addr] = l
+			c.log.Info("backend removed by discovery, draining", "addr", addr, "grace", c.cfg.DrainGrace)
 		}
 	}
 	for addr, svcs := range want {
-		b, ok := backends[addr]
+		h, ok := r.handles[addr]
 		if !ok {
 			var err error
-			b, err = c.newBackend(ctx, addr)
+			h, err = c.newHandle(ctx, addr)
 			if err != nil {
 				c.log.Error("cannot create backend connection", "addr", addr, "err", err)
 				continue
 			}
-			backends[addr] = b
+			r.handles[addr] = h
 			c.log.Info("backend added", "addr", addr)
 		}
-		if _, ok := draining[addr]; ok {
-			delete(draining, addr)
+		if _, ok := r.leaving[addr]; ok {
+			delete(r.leaving, addr)
 			c.log.Info("backend listed again, no longer draining", "addr", addr)
 		}
-		b.setServices(svcs)
+		h.setServices(svcs)
 	}
-	deadline := time.Now().Add(c.cfg.DrainGrace)
-	for addr := range backends {
-		if _, ok := want[addr]; !ok {
-			if _, ok := draining[addr]; !ok {
-				draining[addr] = deadline
-				c.log.Info("backend removed by discovery, draining", "addr", addr, "grace", c.cfg.DrainGrace)
+	// A handle that no build has seen yet (listed and unlisted between two
+	// builds) leaves at once with the others.
+	for addr := range r.handles {
+		if _, listed := want[addr]; !listed {
+			if _, ok := r.leaving[addr]; !ok {
+				r.leaving[addr] = &leaving{until: until, routes: map[string]discovery.Endpoint{}}
 			}
+		}
+	}
+	for route := range r.gone {
+		if _, back := r.snap.Routes[route]; back {
+			delete(r.gone, route)
+			c.log.Info("route listed again", "route", route)
 		}
 	}
 }
 
-func (c *Checker) state(snap discovery.Snapshot, backends map[string]*backend, prev *State) *State {
-	st := &State{Synced: snap.Synced, Routes: make(map[string]*Route, len(snap.Routes))}
-	for name, eps := range snap.Routes {
-		r := &Route{Name: name, HealthService: c.healthService(name), Backends: make([]Backend, 0, len(eps))}
-		for _, ep := range eps {
-			b, ok := backends[ep.Addr]
-			if !ok {
+// expire closes the connections of backends whose drain is over and
+// forgets routes whose grace is over.
+func (r *run) expire(now time.Time) {
+	for addr, l := range r.leaving {
+		if now.Before(l.until) {
+			continue
+		}
+		r.c.log.Info("backend drained, closing its connection", "addr", addr)
+		if h, ok := r.handles[addr]; ok {
+			h.close()
+			delete(r.handles, addr)
+		}
+		delete(r.leaving, addr)
+		if ev := r.c.cfg.Events; ev != nil {
+			ev.BackendRemoved(addr)
+		}
+	}
+	for route, g := range r.gone {
+		if !now.Before(g.until) {
+			delete(r.gone, route)
+			r.c.log.Info("route forgotten: discovery has not listed it for the drain grace", "route", route)
+		}
+	}
+}
+
+// nextDeadline is the earliest time at which the table changes by itself:
+// a drain or a route's grace ends, or an ejection expires.
+func (r *run) nextDeadline(now time.Time) time.Time {
+	var next time.Time
+	earlier := func(t time.Time) {
+		if t.After(now) && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	for _, l := range r.leaving {
+		earlier(l.until)
+	}
+	for _, g := range r.gone {
+		earlier(g.until)
+	}
+	r.c.ejectMu.Lock()
+	for _, h := range r.handles {
+		earlier(h.ejectedUntil)
+	}
+	r.c.ejectMu.Unlock()
+	return next
+}
+
+// build makes the table. A full build makes every route; otherwise only the
+// routes that list a dirty address are made again, and the others are the
+// previous State's, shared: a health flip costs the size of its routes,
+// not of the whole gateway.
+func (r *run) build(now time.Time, prev *State, full bool, dirty map[string]struct{}, draining bool) *State {
+	st := &State{Synced: r.synced, Draining: draining, Routes: make(map[string]*Route, len(r.snap.Routes)+len(r.gone))}
+	var todo map[string]bool
+	if !full {
+		todo = map[string]bool{}
+		for addr := range dirty {
+			for _, route := range r.byAddr[addr] {
+				todo[route] = true
+			}
+		}
+	}
+	// Leaving backends by route, to show them where they were.
+	var leavingIn map[string][]discovery.Endpoint
+	for addr, l := range r.leaving {
+		for route, ep := range l.routes {
+			if leavingIn == nil {
+				leavingIn = map[string][]discovery.Endpoint{}
+			}
+			ep.Addr = addr
+			leavingIn[route] = append(leavingIn[route], ep)
+		}
+	}
+	r.c.ejectMu.Lock()
+	defer r.c.ejectMu.Unlock()
+	for name, eps := range r.snap.Routes {
+		if !full && !todo[name] {
+			if p, ok := prev.Routes[name]; ok {
+				st.Routes[name] = p
 				continue
 			}
-			h := b.health(r.HealthService)
-			r.Backends = append(r.Backends, Backend{
-				Addr: ep.Addr, Weight: max(ep.Weight, 1), Conn: b.cc, Discovery: ep.Status,
-				Routable: h.routable, Status: h.status, Reason: h.reason, Since: h.since,
-			})
 		}
-		st.Routes[name] = r
+		st.Routes[name] = r.buildRoute(now, name, eps, leavingIn[name], false, draining)
+	}
+	for name, g := range r.gone {
+		if _, ok := st.Routes[name]; ok {
+			continue
+		}
+		if !full && !todo[name] {
+			if p, ok := prev.Routes[name]; ok {
+				st.Routes[name] = p
+				continue
+			}
+		}
+		st.Routes[name] = r.buildRoute(now, name, nil, g.eps, true, draining)
+	}
+	if full {
+		clear(r.byAddr)
+		for name, rt := range st.Routes {
+			for _, b := range rt.Backends {
+				r.byAddr[b.Addr] = append(r.byAddr[b.Addr], name)
+			}
+		}
+	}
+	// Routes that left the snapshot since the last build are kept for the
+	// grace: their calls get UNAVAILABLE, not UNIMPLEMENTED, while a
+	// catalog refills or a deploy moves them.
+	if prev != nil && full {
+		for name, p := range prev.Routes {
+			if _, ok := st.Routes[name]; ok || p.Gone {
+				continue
+			}
+			eps := make([]discovery.Endpoint, 0, len(p.Backends))
+			for _, b := range p.Backends {
+				eps = append(eps, discovery.Endpoint{Addr: b.Addr, Weight: b.Weight, Tags: b.Tags, Status: b.Discovery})
+			}
+			r.gone[name] = &goneRoute{until: now.Add(r.c.cfg.DrainGrace), eps: eps}
+			r.c.log.Info("route no longer listed by discovery; its calls get UNAVAILABLE for the drain grace", "route", name, "grace", r.c.cfg.DrainGrace)
+			st.Routes[name] = r.buildRoute(now, name, nil, eps, true, draining)
+			for _, b := range st.Routes[name].Backends {
+				r.byAddr[b.Addr] = append(r.byAddr[b.Addr], name)
+			}
+		}
 	}
 	return st
 }
 
-func (s *State) sameAs(o *State) bool {
-	return s.Synced == o.Synced && maps.EqualFunc(s.Routes, o.Routes, func(a, b *Route) bool {
-		return a.HealthService == b.HealthService && slices.EqualFunc(a.Backends, b.Backends, Backend.same)
+// buildRoute makes one route of the table. ejectMu is held.
+func (r *run) buildRoute(now time.Time, name string, eps, leavingEps []discovery.Endpoint, gone, draining bool) *Route {
+	rc := r.routes[name]
+	rt := &Route{
+		Name: name, HealthService: rc.defaultHealthService(name), MinHealthy: rc.minHealthy(),
+		Gone: gone, Backends: make([]Backend, 0, len(eps)+len(leavingEps)),
+	}
+	add := func(ep discovery.Endpoint, leavingWhy string) {
+		h, ok := r.handles[ep.Addr]
+		if !ok {
+			return
+		}
+		svc := rc.healthService(name, ep)
+		f := h.facts(svc)
+		f.leaving = leavingWhy
+		if !h.ejectedUntil.IsZero() {
+			switch {
+			case !now.Before(h.ejectedUntil):
+				h.ejectedAt, h.ejectedUntil, h.ejectReason = time.Time{}, time.Time{}, ""
+			case f.conn && f.health.routable && h.readyAt().After(h.ejectedAt):
+				// The backend reconnected since it was ejected and says
+				// SERVING: whatever failed was the old connection.
+				h.log.Info("ejection ends early: the backend reconnected and reports SERVING")
+				h.ejectedAt, h.ejectedUntil, h.ejectReason = time.Time{}, time.Time{}, ""
+			default:
+				f.ejected, f.ejectReason = h.ejectedUntil, h.ejectReason
+			}
+		}
+		ok, reason := routable(f)
+		b := Backend{
+			Handle: h, Addr: ep.Addr, Weight: max(ep.Weight, 1), Tags: ep.Tags, Discovery: ep.Status,
+			HealthService: svc, Routable: ok, Status: f.health.status, Reason: reason, Since: f.health.since,
+			EjectedUntil: f.ejected, Leaving: leavingWhy != "",
+		}
+		if ok {
+			rt.Routable++
+		}
+		rt.Backends = append(rt.Backends, b)
+	}
+	for _, ep := range eps {
+		add(ep, "")
+	}
+	why := "draining: no longer listed by discovery for this route"
+	if gone {
+		why = "the route is no longer listed by discovery"
+	}
+	for _, ep := range leavingEps {
+		if !slices.ContainsFunc(eps, func(e discovery.Endpoint) bool { return e.Addr == ep.Addr }) {
+			add(ep, why)
+		}
+	}
+	slices.SortFunc(rt.Backends, func(a, b Backend) int {
+		switch {
+		case a.Addr < b.Addr:
+			return -1
+		case a.Addr > b.Addr:
+			return 1
+		}
+		return 0
 	})
+	rt.Serving = serving(draining, gone, rt.Routable, rt.MinHealthy)
+	return rt
+}
+
+func (s *State) sameAs(o *State) bool {
+	return s.Synced == o.Synced && s.Draining == o.Draining && maps.EqualFunc(s.Routes, o.Routes, (*Route).same)
 }

@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -436,8 +435,13 @@ func TestB20_NoTrafficBeforeFirstServing(t *testing.T) {
 	if b.Routable || b.Status != healthpb.HealthCheckResponse_UNKNOWN {
 		t.Fatalf("before any answer: routable=%v status=%s, want not routable, UNKNOWN", b.Routable, b.Status)
 	}
-	if got := b.Conn.GetState(); got != connectivity.Ready {
-		t.Fatalf("connection %s, want READY: the backend must be unroutable for want of an answer, not of a connection", got)
+	// A call goes through on the backend's connection, which only a READY
+	// one allows: it is unroutable for want of an answer, not of a
+	// connection.
+	ectx, ecancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer ecancel()
+	if _, err := healthpb.NewHealthClient(b.Handle).Check(ectx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("a call on the backend's connection: %v, want it READY", err)
 	}
 
 	// First answer NOT_SERVING: still not routable.
@@ -473,7 +477,7 @@ func TestB21_NotServingRemovesBackendInFlightFinishes(t *testing.T) {
 			// would have it.
 			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 			defer cancel()
-			call := echo(t, ctx, b.Conn)
+			call := echo(t, ctx, b.Handle)
 
 			from := st.mark()
 			t0 := time.Now()
@@ -484,7 +488,7 @@ func TestB21_NotServingRemovesBackendInFlightFinishes(t *testing.T) {
 			if gone.Status != tc || !strings.Contains(gone.Reason, tc.String()) {
 				t.Fatalf("removed backend: status %s reason %q, want %s named in the reason", gone.Status, gone.Reason, tc)
 			}
-			if gone.Conn != b.Conn {
+			if gone.Handle != b.Handle {
 				t.Fatal("the backend's connection was replaced: calls in flight on it would fail")
 			}
 
@@ -755,12 +759,12 @@ func TestB25_GracefulStopCompletesThenReconnects(t *testing.T) {
 	if b.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("restarted backend: status %s, want SERVING", b.Status)
 	}
-	if b.Conn != conn.Conn {
+	if b.Handle != conn.Handle {
 		t.Fatal("the backend got a new connection; want the same one, reconnected")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	finish(t, echo(t, ctx, b.Conn))
+	finish(t, echo(t, ctx, b.Handle))
 }
 
 func TestB26_OneWatchPerBackendAndHealthService(t *testing.T) {
@@ -771,7 +775,8 @@ func TestB26_OneWatchPerBackendAndHealthService(t *testing.T) {
 	for _, b := range []*testutil.Backend{b1, b2} {
 		b.Health.SetServingStatus(shared, healthpb.HealthCheckResponse_SERVING)
 	}
-	cfg := healthcheck.Config{HealthServices: map[string]string{"a.Svc": shared, "b.Svc": shared}}
+	sharedName := shared
+	cfg := healthcheck.Config{Routes: map[string]healthcheck.RouteConfig{"a.Svc": {HealthService: &sharedName}, "b.Svc": {HealthService: &sharedName}}}
 	src := discovery.Static{
 		"a.Svc":                {b1.Addr, b2.Addr},
 		"b.Svc":                {b1.Addr, b2.Addr},
@@ -781,7 +786,7 @@ func TestB26_OneWatchPerBackendAndHealthService(t *testing.T) {
 	st := startChecker(t, cfg, src, nil)
 	all := func(s *healthcheck.State) bool {
 		for name, addrs := range src {
-			if r, ok := s.Routes[name]; !ok || r.Routable() != len(addrs) {
+			if r, ok := s.Routes[name]; !ok || r.Routable != len(addrs) {
 				return false
 			}
 		}
@@ -793,8 +798,10 @@ func TestB26_OneWatchPerBackendAndHealthService(t *testing.T) {
 		if got := p.Routes[r].HealthService; got != want {
 			t.Errorf("route %q watches health service %q, want %q", r, got, want)
 		}
-		if got := cfg.HealthService(r); got != want {
-			t.Errorf("Config.HealthService(%q) = %q, want %q", r, got, want)
+		for _, b := range p.Routes[r].Backends {
+			if b.HealthService != want {
+				t.Errorf("route %q asks %s for health service %q, want %q", r, b.Addr, b.HealthService, want)
+			}
 		}
 	}
 
@@ -803,14 +810,14 @@ func TestB26_OneWatchPerBackendAndHealthService(t *testing.T) {
 	from := st.mark()
 	b1.Health.SetServingStatus(shared, healthpb.HealthCheckResponse_NOT_SERVING)
 	p, i := st.await(t, from, "b1 to leave the routes that watch "+shared, func(s *healthcheck.State) bool {
-		return s.Routes["a.Svc"].Routable() == 1 && s.Routes["b.Svc"].Routable() == 1
+		return s.Routes["a.Svc"].Routable == 1 && s.Routes["b.Svc"].Routable == 1
 	})
-	if p.Routes[route].Routable() != 2 || p.Routes[discovery.DefaultRoute].Routable() != 1 {
+	if p.Routes[route].Routable != 2 || p.Routes[discovery.DefaultRoute].Routable != 1 {
 		t.Fatalf("%s NOT_SERVING on b1 changed routes that do not watch it: %s", shared, describe(p.Routes))
 	}
 	b1.Health.SetServingStatus(route, healthpb.HealthCheckResponse_NOT_SERVING)
-	p, _ = st.await(t, i+1, "b1 to leave "+route, func(s *healthcheck.State) bool { return s.Routes[route].Routable() == 1 })
-	if p.Routes[discovery.DefaultRoute].Routable() != 1 {
+	p, _ = st.await(t, i+1, "b1 to leave "+route, func(s *healthcheck.State) bool { return s.Routes[route].Routable == 1 })
+	if p.Routes[discovery.DefaultRoute].Routable != 1 {
 		t.Fatalf("the default route watches \"\" and must keep b1: %s", describe(p.Routes))
 	}
 

@@ -2,11 +2,13 @@
 // the listener clients call: per routed gRPC service, whether the gateway
 // can reach it now, and under "" whether the gateway as a whole can route.
 //
-// Policy: a route is SERVING while at least its minimum of backends is
-// routable (default 1). "" is SERVING while the gateway is not draining,
-// discovery has been heard from, and at least one route is SERVING. The
-// default route ("*") counts for "" but is not a service of its own. On
-// drain every status turns NOT_SERVING at once.
+// It reports the routing table (healthcheck.State) and decides nothing: a
+// route is SERVING while the table says so (its minimum of backends is
+// routable and the gateway is not draining), and "" is SERVING while the
+// gateway is ready (discovery has been heard from, not draining), the same
+// answer as the admin endpoint's /readyz. A route without healthy backends
+// is NOT_SERVING on its own; it does not take "" down. The default route
+// ("*") is not a service of its own.
 package healthserver
 
 import (
@@ -24,25 +26,14 @@ import (
 	"github.com/healthgate/healthgate/healthcheck"
 )
 
-// Config sets each route's minimum of routable backends; a route not listed
-// needs 1.
-type Config struct {
-	MinHealthy map[string]int
-}
-
 // Server implements grpc.health.v1.Health.
 type Server struct {
 	healthpb.UnimplementedHealthServer
 	log *slog.Logger
 
 	mu sync.Mutex // guards the fields below
-	// minHealthy is cfg.MinHealthy as last set.
-	minHealthy map[string]int
-	// last is the last state, to recompute from when minHealthy changes.
-	last *healthcheck.State
 	// statuses has every known service, "" included.
 	statuses map[string]healthpb.HealthCheckResponse_ServingStatus
-	draining bool
 	// changed is closed and replaced whenever a status flips; watchers
 	// wait on it and then read the latest status: updates merge, a slow
 	// watcher never queues.
@@ -52,64 +43,41 @@ type Server struct {
 }
 
 // New returns a server that reports "" NOT_SERVING until the first Update.
-func New(cfg Config, logger *slog.Logger) *Server {
+func New(logger *slog.Logger) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
-		log: logger.With("component", "healthserver"), minHealthy: maps.Clone(cfg.MinHealthy),
+		log:      logger.With("component", "healthserver"),
 		statuses: map[string]healthpb.HealthCheckResponse_ServingStatus{"": healthpb.HealthCheckResponse_NOT_SERVING},
 		changed:  make(chan struct{}),
 		closed:   make(chan struct{}),
 	}
 }
 
-func (s *Server) minHealthyLocked(route string) int {
-	if n, ok := s.minHealthy[route]; ok && n > 0 {
-		return n
-	}
-	return 1
-}
-
-// SetMinHealthy replaces Config.MinHealthy and recomputes the statuses.
-func (s *Server) SetMinHealthy(m map[string]int) {
-	s.mu.Lock()
-	s.minHealthy = maps.Clone(m)
-	last := s.last
-	s.mu.Unlock()
-	if last != nil {
-		s.Update(last)
-	}
-}
-
-// Update recomputes the statuses from a new state; watchers hear only of
-// the ones that flipped.
+// Update follows a new routing table; watchers hear only of the statuses
+// that flipped. Nothing is decided here: a route is what the table says it
+// is, and "" is the table's readiness.
 func (s *Server) Update(st *healthcheck.State) {
+	next := make(map[string]healthpb.HealthCheckResponse_ServingStatus, len(st.Routes)+1)
+	for name, r := range st.Routes {
+		if name == discovery.DefaultRoute {
+			continue
+		}
+		next[name] = servingStatus(r.Serving)
+	}
+	ready, _ := st.Ready()
+	next[""] = servingStatus(ready)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.last = st
-	next := make(map[string]healthpb.HealthCheckResponse_ServingStatus, len(st.Routes)+1)
-	anyServing := false
-	for name, r := range st.Routes {
-		v := healthpb.HealthCheckResponse_NOT_SERVING
-		if r.Routable() >= s.minHealthyLocked(name) {
-			v = healthpb.HealthCheckResponse_SERVING
-			anyServing = true
-		}
-		if name != discovery.DefaultRoute {
-			next[name] = v
-		}
-	}
-	next[""] = healthpb.HealthCheckResponse_NOT_SERVING
-	if st.Synced && anyServing {
-		next[""] = healthpb.HealthCheckResponse_SERVING
-	}
-	if s.draining {
-		for k := range next {
-			next[k] = healthpb.HealthCheckResponse_NOT_SERVING
-		}
-	}
 	s.setLocked(next)
+}
+
+func servingStatus(ok bool) healthpb.HealthCheckResponse_ServingStatus {
+	if ok {
+		return healthpb.HealthCheckResponse_SERVING
+	}
+	return healthpb.HealthCheckResponse_NOT_SERVING
 }
 
 func (s *Server) setLocked(next map[string]healthpb.HealthCheckResponse_ServingStatus) {
@@ -131,20 +99,8 @@ func (s *Server) setLocked(next map[string]healthpb.HealthCheckResponse_ServingS
 	s.changed = make(chan struct{})
 }
 
-// Shutdown turns every status NOT_SERVING for good: the gateway is draining.
-func (s *Server) Shutdown() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.draining = true
-	next := maps.Clone(s.statuses)
-	for k := range next {
-		next[k] = healthpb.HealthCheckResponse_NOT_SERVING
-	}
-	s.setLocked(next)
-}
-
 // Close ends every Watch stream, so that a graceful stop of the server does
-// not wait on them; call it after Shutdown, when the listener stops.
+// not wait on them; call it when the listener stops.
 func (s *Server) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

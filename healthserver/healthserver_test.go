@@ -17,15 +17,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func state(synced bool, routable map[string]int) *healthcheck.State {
-	st := &healthcheck.State{Synced: synced, Routes: map[string]*healthcheck.Route{}}
-	for name, n := range routable {
-		r := &healthcheck.Route{Name: name}
-		for i := range n {
-			r.Backends = append(r.Backends, healthcheck.Backend{Addr: string(rune('a' + i)), Routable: true})
-		}
-		r.Backends = append(r.Backends, healthcheck.Backend{Addr: "down", Routable: false})
-		st.Routes[name] = r
+// state is a routing table whose routes are serving or not as given.
+func state(synced, draining bool, serving map[string]bool) *healthcheck.State {
+	st := &healthcheck.State{Synced: synced, Draining: draining, Routes: map[string]*healthcheck.Route{}}
+	for name, ok := range serving {
+		st.Routes[name] = &healthcheck.Route{Name: name, Serving: ok}
 	}
 	return st
 }
@@ -36,19 +32,22 @@ func check(t *testing.T, s *Server, svc string) (healthpb.HealthCheckResponse_Se
 	return resp.GetStatus(), status.Code(err)
 }
 
-func TestAggregation(t *testing.T) {
-	s := New(Config{MinHealthy: map[string]int{"b.S": 2}}, nil)
+// TestB42_ReportsTheTable: the server says what the table says, no more:
+// a route's status is its Serving, "" is the table's readiness.
+func TestB42_ReportsTheTable(t *testing.T) {
+	s := New(nil)
 	if got, _ := check(t, s, ""); got != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf(`"" before any state: %v`, got)
 	}
-	s.Update(state(true, map[string]int{"a.S": 1, "b.S": 1, discovery.DefaultRoute: 0}))
+	s.Update(state(true, false, map[string]bool{"a.S": true, "b.S": false, discovery.DefaultRoute: false}))
 	cases := []struct {
 		svc  string
 		want healthpb.HealthCheckResponse_ServingStatus
 		code codes.Code
 	}{
 		{"a.S", healthpb.HealthCheckResponse_SERVING, codes.OK},
-		{"b.S", healthpb.HealthCheckResponse_NOT_SERVING, codes.OK}, // 1 of the 2 it needs
+		{"b.S", healthpb.HealthCheckResponse_NOT_SERVING, codes.OK},
+		// One route down does not take the gateway down (B44).
 		{"", healthpb.HealthCheckResponse_SERVING, codes.OK},
 		{discovery.DefaultRoute, healthpb.HealthCheckResponse_SERVICE_UNKNOWN, codes.NotFound},
 		{"nope.S", healthpb.HealthCheckResponse_SERVICE_UNKNOWN, codes.NotFound},
@@ -59,11 +58,7 @@ func TestAggregation(t *testing.T) {
 			t.Errorf("Check(%q) = %v, %v; want %v, %v", tc.svc, got, code, tc.want, tc.code)
 		}
 	}
-	s.SetMinHealthy(map[string]int{"b.S": 1})
-	if got, _ := check(t, s, "b.S"); got != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("b.S after lowering its minimum: %v", got)
-	}
-	s.Update(state(false, map[string]int{"a.S": 1}))
+	s.Update(state(false, false, map[string]bool{"a.S": true}))
 	if got, _ := check(t, s, ""); got != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf(`"" before discovery synced: %v`, got)
 	}
@@ -71,10 +66,9 @@ func TestAggregation(t *testing.T) {
 	if len(list.Statuses) != 2 {
 		t.Fatalf("List: %v, want a.S and \"\"", list.Statuses)
 	}
-	s.Shutdown()
-	s.Update(state(true, map[string]int{"a.S": 3}))
-	if got, _ := check(t, s, "a.S"); got != healthpb.HealthCheckResponse_NOT_SERVING {
-		t.Fatalf("a.S after Shutdown: %v, want NOT_SERVING for good", got)
+	s.Update(state(true, true, map[string]bool{"a.S": false}))
+	if got, _ := check(t, s, ""); got != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf(`"" while draining: %v, want NOT_SERVING`, got)
 	}
 }
 
@@ -92,7 +86,7 @@ func (w *watchStream) Send(r *healthpb.HealthCheckResponse) error {
 }
 
 func TestWatchFollowsChangesAndEndsOnClose(t *testing.T) {
-	s := New(Config{}, nil)
+	s := New(nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	w := &watchStream{ctx: ctx, out: make(chan healthpb.HealthCheckResponse_ServingStatus, 16)}
@@ -110,9 +104,9 @@ func TestWatchFollowsChangesAndEndsOnClose(t *testing.T) {
 		}
 	}
 	next(healthpb.HealthCheckResponse_SERVICE_UNKNOWN)
-	s.Update(state(true, map[string]int{"late.S": 1}))
+	s.Update(state(true, false, map[string]bool{"late.S": true}))
 	next(healthpb.HealthCheckResponse_SERVING)
-	s.Update(state(true, map[string]int{"late.S": 0}))
+	s.Update(state(true, false, map[string]bool{"late.S": false}))
 	next(healthpb.HealthCheckResponse_NOT_SERVING)
 	s.Close()
 	select {

@@ -114,7 +114,7 @@ func New(accessLog *slog.Logger) *Metrics {
 		}, []string{"route"}),
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "healthgate_backend_ejections_total",
-			Help: "Times passive failure detection ejected a backend whose calls kept ending UNAVAILABLE.",
+			Help: "Times passive failure detection ejected a backend whose calls kept failing at the backend itself.",
 		}, []string{"backend"}),
 		consulTook: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "healthgate_consul_query_duration_seconds",
@@ -209,7 +209,7 @@ func (m *Metrics) WatchStarted(addr, svc string) {
 // PickerRebuilt is the balancer's OnRebuild.
 func (m *Metrics) PickerRebuilt(route string, _ int) { m.rebuilds.WithLabelValues(route).Inc() }
 
-// BackendEjected is the balancer's OnEject.
+// BackendEjected implements healthcheck.Events.
 func (m *Metrics) BackendEjected(addr string) { m.ejections.WithLabelValues(addr).Inc() }
 
 // ConsulQuery is the Consul source's OnQuery.

@@ -24,7 +24,7 @@ func BenchmarkForward(b *testing.B) {
 				backend := testutil.StartBackend(b)
 				target := backend.Addr
 				if path == "gateway" {
-					p, err := proxy.New(proxy.Config{}, &picker{up: upstream{testutil.Dial(b, backend.Addr), make(chan error, 1)}}, nil)
+					p, err := proxy.New(proxy.Config{}, &picker{up: upstream{testutil.Dial(b, backend.Addr), make(chan proxy.Outcome, 1)}}, nil)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -71,7 +71,7 @@ func BenchmarkForwardStreamMessage(b *testing.B) {
 			backend := testutil.StartBackend(b)
 			target := backend.Addr
 			if path == "gateway" {
-				p, err := proxy.New(proxy.Config{}, &picker{up: upstream{testutil.Dial(b, backend.Addr), make(chan error, 1)}}, nil)
+				p, err := proxy.New(proxy.Config{}, &picker{up: upstream{testutil.Dial(b, backend.Addr), make(chan proxy.Outcome, 1)}}, nil)
 				if err != nil {
 					b.Fatal(err)
 				}

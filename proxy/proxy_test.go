@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -28,14 +29,14 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // each call ended.
 type upstream struct {
 	*grpc.ClientConn
-	done chan error
+	done chan proxy.Outcome
 }
 
 func (u upstream) Addr() string { return u.Target() }
 
-func (u upstream) Done(err error) {
+func (u upstream) Done(o proxy.Outcome) {
 	select {
-	case u.done <- err:
+	case u.done <- o:
 	default:
 	}
 }
@@ -45,7 +46,7 @@ type picker struct {
 	err error
 }
 
-func (p *picker) Pick(context.Context, string) (proxy.Upstream, error) {
+func (p *picker) Pick(context.Context, string, []proxy.Upstream) (proxy.Upstream, error) {
 	if p.err != nil {
 		return nil, p.err
 	}
@@ -57,14 +58,14 @@ type env struct {
 	direct  *grpc.ClientConn // client -> backend, no gateway
 	gw      *grpc.ClientConn // client -> gateway -> backend
 	gwAddr  string
-	done    chan error
+	done    chan proxy.Outcome
 }
 
 // newEnv starts a real backend and a gateway in front of it. backendOpts
 // configure the backend server; clientOpts the clients' connections.
 func newEnv(t *testing.T, cfg proxy.Config, backendOpts []grpc.ServerOption, clientOpts ...grpc.DialOption) *env {
 	t.Helper()
-	e := &env{backend: testutil.StartBackend(t, backendOpts...), done: make(chan error, 1024)}
+	e := &env{backend: testutil.StartBackend(t, backendOpts...), done: make(chan proxy.Outcome, 1024)}
 	p, err := proxy.New(cfg, &picker{up: upstream{testutil.Dial(t, e.backend.Addr), e.done}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -382,14 +383,48 @@ func TestB05_RequestMetadata(t *testing.T) {
 			t.Errorf("%s appears %d times: %q", k, n, c.MD.Get(k))
 		}
 	}
-	if got := c.MD.Get("x-forwarded-for"); strings.Join(got, ",") != "192.0.2.7,127.0.0.1" {
-		t.Errorf("x-forwarded-for = %q, want the client's list with 127.0.0.1 appended", got)
+	if got := c.MD.Get("x-forwarded-for"); strings.Join(got, ",") != "127.0.0.1" {
+		t.Errorf("x-forwarded-for = %q, want [127.0.0.1]: an untrusted client's own value is replaced (B17)", got)
 	}
 	if got := c.MD.Get("x-forwarded-host"); len(got) != 1 || got[0] != e.gwAddr {
 		t.Errorf("x-forwarded-host = %q, want [%s] (the client's :authority)", got, e.gwAddr)
 	}
 	if got := c.MD.Get(":authority"); len(got) == 1 && got[0] != e.backend.Addr {
 		t.Errorf(":authority = %q, want the backend's address %s", got, e.backend.Addr)
+	}
+}
+
+func TestB17_ForwardedHeadersReplacedUnlessTrusted(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		trusted         []netip.Prefix
+		wantFor         string
+		wantHostFromCli bool
+	}{
+		{"stranger", nil, "127.0.0.1", false},
+		{"other network trusted", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, "127.0.0.1", false},
+		{"trusted proxy", []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, "192.0.2.7,198.51.100.1,127.0.0.1", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, proxy.Config{TrustedProxies: tc.trusted}, nil)
+			ctx := metadata.AppendToOutgoingContext(ctxT(t),
+				"x-forwarded-for", "192.0.2.7", "x-forwarded-for", "198.51.100.1",
+				"x-forwarded-host", "spoofed.example")
+			if _, err := testutil.Unary(ctx, e.gw, "/test.Svc/Echo", nil); err != nil {
+				t.Fatal(err)
+			}
+			c := e.backend.NextCall(t)
+			if got := strings.Join(c.MD.Get("x-forwarded-for"), ","); got != tc.wantFor {
+				t.Errorf("x-forwarded-for = %q, want %q", got, tc.wantFor)
+			}
+			wantHost := e.gwAddr
+			if tc.wantHostFromCli {
+				wantHost = "spoofed.example"
+			}
+			if got := c.MD.Get("x-forwarded-host"); len(got) != 1 || got[0] != wantHost {
+				t.Errorf("x-forwarded-host = %q, want [%s]", got, wantHost)
+			}
+		})
 	}
 }
 
@@ -450,7 +485,7 @@ func TestB07_CancelAndDeadlineCodes(t *testing.T) {
 		if !errors.Is(c.Err, context.Canceled) {
 			t.Fatalf("backend call ended with %v, want context.Canceled", c.Err)
 		}
-		if got := status.Code(waitDone(t, e.done)); got != codes.Canceled {
+		if got := waitDone(t, e.done).Code; got != codes.Canceled {
 			t.Fatalf("gateway recorded %v, want Canceled", got)
 		}
 	})
@@ -461,7 +496,7 @@ func TestB07_CancelAndDeadlineCodes(t *testing.T) {
 		if got := status.Code(err); got != codes.DeadlineExceeded {
 			t.Fatalf("client got %v, want DeadlineExceeded", err)
 		}
-		if got := status.Code(waitDone(t, e.done)); got != codes.DeadlineExceeded {
+		if got := waitDone(t, e.done).Code; got != codes.DeadlineExceeded {
 			t.Fatalf("gateway recorded %v, want DeadlineExceeded", got)
 		}
 		if c := e.backend.NextCall(t); c.Err == nil {
@@ -470,14 +505,14 @@ func TestB07_CancelAndDeadlineCodes(t *testing.T) {
 	})
 }
 
-func waitDone(t *testing.T, done chan error) error {
+func waitDone(t *testing.T, done chan proxy.Outcome) proxy.Outcome {
 	t.Helper()
 	select {
-	case err := <-done:
-		return err
+	case o := <-done:
+		return o
 	case <-time.After(10 * time.Second):
 		t.Fatal("the call's Done was not reported within 10s")
-		return nil
+		return proxy.Outcome{}
 	}
 }
 

@@ -70,6 +70,6 @@ func (g *Gateway) WaitRoutable(t testing.TB, route string, n int) {
 			return false
 		}
 		r, ok := st.Routes[route]
-		return ok && r.Routable() == n
+		return ok && r.Routable == n
 	})
 }

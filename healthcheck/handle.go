@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,9 +16,12 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// backend owns one address's connection, the goroutine that follows the
-// connection's state, and the Watch goroutines on it.
-type backend struct {
+// Handle is one backend: its address's connection, shared by every route
+// that lists the address and carrying both the proxied calls and the health
+// Watches, and what the gateway knows of it. It is opaque: the rest of the
+// gateway sends calls through it and reports how they ended, and reads its
+// routability from the published State, never from the connection.
+type Handle struct {
 	addr string
 	cc   *grpc.ClientConn
 	c    *Checker
@@ -28,12 +32,32 @@ type backend struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the monitor and every Watch goroutine
 
+	// inflight counts the calls picked for the backend and not yet done.
+	inflight atomic.Int64
+	// failures counts the backend's own failures in a row (passive
+	// detection).
+	failures atomic.Int32
+	// ejectionsInRow counts the ejections since the last call the backend
+	// answered OK, to lengthen each next one.
+	ejectionsInRow atomic.Int32
+
+	// Ejection, guarded by the checker's ejectMu: ejection decisions look
+	// at every backend of a route at once.
+	ejectedAt, ejectedUntil time.Time
+	ejectReason             string
+
 	mu sync.Mutex // guards the fields below
 	// ready is whether the connection is READY; Watches run only then.
 	ready bool
+	// readySince is when the connection last became READY.
+	readySince time.Time
 	// connReason says why the connection is not ready.
 	connReason string
-	watches    map[string]*watch
+	// alive is false while the backend does not answer on an open
+	// connection; aliveReason says since when.
+	alive       bool
+	aliveReason string
+	watches     map[string]*watch
 }
 
 // watch is the health of one health-service name on one backend.
@@ -43,9 +67,9 @@ type watch struct {
 	run    *int
 	cancel context.CancelFunc
 	h      health
-	// unimplementedLogged keeps the UNIMPLEMENTED error to one line for
-	// the life of the backend, across reconnects.
-	unimplementedLogged bool
+	// unimplementedLogged and unknownLogged keep each misconfiguration to
+	// one line for the life of the backend, across reconnects.
+	unimplementedLogged, unknownLogged bool
 }
 
 // waitingReason is the reason of a connected backend whose Watch has not
@@ -59,18 +83,19 @@ type health struct {
 	since    time.Time
 }
 
-func (c *Checker) newBackend(ctx context.Context, addr string) (*backend, error) {
+func (c *Checker) newHandle(ctx context.Context, addr string) (*Handle, error) {
 	// passthrough: the address is already resolved by discovery, and a DNS
 	// resolver per backend would only add goroutines and delay.
 	cc, err := grpc.NewClient("passthrough:///"+addr, c.cfg.DialOptions...)
 	if err != nil {
-		return nil, fmt.Errorf("healthcheck: connect %s: %w", addr, err)
+		return nil, fmt.Errorf("connect %s: %w", addr, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	b := &backend{
+	b := &Handle{
 		addr: addr, cc: cc, c: c, ctx: ctx, cancel: cancel,
 		log:        c.log.With("addr", addr),
 		connReason: "connecting",
+		alive:      true,
 		watches:    map[string]*watch{},
 	}
 	b.wg.Add(1)
@@ -78,9 +103,45 @@ func (c *Checker) newBackend(ctx context.Context, addr string) (*backend, error)
 	return b, nil
 }
 
+// Addr is the backend's address, host:port.
+func (b *Handle) Addr() string { return b.addr }
+
+// InFlight is the number of calls picked for the backend and not yet done,
+// routable or not: a backend out of rotation still finishes its calls.
+func (b *Handle) InFlight() int64 { return b.inflight.Load() }
+
+// Begin counts a call picked for the backend; Done must follow.
+func (b *Handle) Begin() { b.inflight.Add(1) }
+
+// errNotReady fails a call picked onto a connection that left READY after
+// the table was published: waiting for it to come back could take the whole
+// connect timeout, and another backend can take the call now.
+var errNotReady = status.Error(codes.Unavailable, "healthgate: backend connection is not ready")
+
+// NewStream opens a stream to the backend on its shared connection. It
+// never waits for a connection that is not READY: it fails at once, and
+// the call can go to another backend.
+func (b *Handle) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if b.cc.GetState() != connectivity.Ready {
+		b.c.markDirty(b.addr)
+		return nil, errNotReady
+	}
+	return b.cc.NewStream(ctx, desc, method, opts...)
+}
+
+// Invoke makes a unary call on the backend's connection, under the same
+// rule as NewStream. With NewStream it makes a Handle a
+// grpc.ClientConnInterface, for tests and probes.
+func (b *Handle) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	if b.cc.GetState() != connectivity.Ready {
+		return errNotReady
+	}
+	return b.cc.Invoke(ctx, method, args, reply, opts...)
+}
+
 // close stops every goroutine of the backend and closes its connection;
 // calls still in flight on it fail.
-func (b *backend) close() {
+func (b *Handle) close() {
 	b.cancel()
 	b.wg.Wait()
 	b.cc.Close()
@@ -89,7 +150,7 @@ func (b *backend) close() {
 // monitor follows the connection's state. Watches start when it is READY and
 // stop when it leaves READY: a backend that sends GOAWAY (GracefulStop) must
 // see its Watch streams end, or its graceful stop would wait on them.
-func (b *backend) monitor() {
+func (b *Handle) monitor() {
 	defer b.wg.Done()
 	b.cc.Connect()
 	for {
@@ -106,7 +167,7 @@ func (b *backend) monitor() {
 	}
 }
 
-func (b *backend) setConn(st connectivity.State) {
+func (b *Handle) setConn(st connectivity.State) {
 	ready := st == connectivity.Ready
 	b.mu.Lock()
 	wasReady := b.ready
@@ -114,6 +175,9 @@ func (b *backend) setConn(st connectivity.State) {
 	switch {
 	case ready && !wasReady:
 		b.connReason = ""
+		b.readySince = time.Now()
+		// A new connection answers until it is shown not to.
+		b.alive, b.aliveReason = true, ""
 		for svc, w := range b.watches {
 			// The reason still names the connection state; until the new
 			// Watch answers, what the backend waits for is that answer.
@@ -124,6 +188,11 @@ func (b *backend) setConn(st connectivity.State) {
 		// Every change while not ready is news for /backends: connecting,
 		// refused (TRANSIENT_FAILURE), idle after a GOAWAY.
 		b.connReason = "connection " + st.String()
+		if !b.alive {
+			// Keep the cause: the connection was cut because the backend
+			// stopped answering.
+			b.connReason += " (" + b.aliveReason + ")"
+		}
 		for _, w := range b.watches {
 			b.stopLocked(w, healthpb.HealthCheckResponse_UNKNOWN, b.connReason)
 		}
@@ -137,11 +206,27 @@ func (b *backend) setConn(st connectivity.State) {
 	case !ready:
 		b.log.Debug("backend connection state", "state", st.String())
 	}
-	b.c.poke()
+	b.c.markDirty(b.addr)
+}
+
+// setAlive records whether the backend answers on its open connection.
+func (b *Handle) setAlive(alive bool, reason string) {
+	b.mu.Lock()
+	changed := b.alive != alive
+	b.alive, b.aliveReason = alive, reason
+	b.mu.Unlock()
+	if changed {
+		if alive {
+			b.log.Info("backend answers again")
+		} else {
+			b.log.Warn("backend not responding", "reason", reason)
+		}
+		b.c.markDirty(b.addr)
+	}
 }
 
 // setServices makes the backend watch exactly svcs.
-func (b *backend) setServices(svcs map[string]bool) {
+func (b *Handle) setServices(svcs map[string]bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for svc, w := range b.watches {
@@ -166,16 +251,27 @@ func (b *backend) setServices(svcs map[string]bool) {
 	}
 }
 
-func (b *backend) health(svc string) health {
+// facts reads what the rule of routability needs to know of the backend
+// for the health-service name svc. Ejection is the caller's to fill in.
+func (b *Handle) facts(svc string) facts {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	f := facts{conn: b.ready, connReason: b.connReason, alive: b.alive, aliveReason: b.aliveReason}
 	if w, ok := b.watches[svc]; ok {
-		return w.h
+		f.health = w.h
+	} else {
+		f.health = health{status: healthpb.HealthCheckResponse_UNKNOWN, reason: "not watched"}
 	}
-	return health{status: healthpb.HealthCheckResponse_UNKNOWN, reason: "not watched"}
+	return f
 }
 
-func (b *backend) startLocked(svc string, w *watch) {
+func (b *Handle) readyAt() time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.readySince
+}
+
+func (b *Handle) startLocked(svc string, w *watch) {
 	ctx, cancel := context.WithCancel(b.ctx)
 	run := new(int)
 	w.run, w.cancel = run, cancel
@@ -183,7 +279,7 @@ func (b *backend) startLocked(svc string, w *watch) {
 	go b.watchLoop(ctx, svc, run)
 }
 
-func (b *backend) stopLocked(w *watch, st healthpb.HealthCheckResponse_ServingStatus, reason string) {
+func (b *Handle) stopLocked(w *watch, st healthpb.HealthCheckResponse_ServingStatus, reason string) {
 	if w.cancel != nil {
 		w.cancel()
 		w.run, w.cancel = nil, nil
@@ -202,7 +298,7 @@ func (w *watch) set(st healthpb.HealthCheckResponse_ServingStatus, routable bool
 }
 
 // report records what a Watch learned, if that Watch is still current.
-func (b *backend) report(svc string, run *int, st healthpb.HealthCheckResponse_ServingStatus, reason string) {
+func (b *Handle) report(svc string, run *int, st healthpb.HealthCheckResponse_ServingStatus, reason string) {
 	routable := st == healthpb.HealthCheckResponse_SERVING
 	b.mu.Lock()
 	w, ok := b.watches[svc]
@@ -212,7 +308,15 @@ func (b *backend) report(svc string, run *int, st healthpb.HealthCheckResponse_S
 	}
 	prev := w.h.status
 	changed := w.set(st, routable, reason)
+	firstUnknown := st == healthpb.HealthCheckResponse_SERVICE_UNKNOWN && !w.unknownLogged
+	if firstUnknown {
+		w.unknownLogged = true
+	}
 	b.mu.Unlock()
+	if firstUnknown {
+		b.log.Warn("backend does not know the health-service name it is asked for; it gets no calls",
+			"health_service", svc, "fix", setNameHint)
+	}
 	if changed {
 		if prev != st {
 			b.log.Info("backend health changed", "service", svc, "from", prev.String(), "to", st.String(), "reason", reason)
@@ -220,14 +324,14 @@ func (b *backend) report(svc string, run *int, st healthpb.HealthCheckResponse_S
 				ev.HealthChanged(b.addr, svc, prev, st)
 			}
 		}
-		b.c.poke()
+		b.c.markDirty(b.addr)
 	}
 }
 
 // watchLoop keeps one Watch stream open while the connection is READY. A
 // failed stream makes the backend unroutable for svc and is retried after a
 // jittered exponential backoff that starts over after any message.
-func (b *backend) watchLoop(ctx context.Context, svc string, run *int) {
+func (b *Handle) watchLoop(ctx context.Context, svc string, run *int) {
 	defer b.wg.Done()
 	client := healthpb.NewHealthClient(b.cc)
 	attempt := 0
@@ -266,7 +370,7 @@ func (b *backend) watchLoop(ctx context.Context, svc string, run *int) {
 	}
 }
 
-func (b *backend) watchOnce(ctx context.Context, client healthpb.HealthClient, svc string, run *int, attempt *int) error {
+func (b *Handle) watchOnce(ctx context.Context, client healthpb.HealthClient, svc string, run *int, attempt *int) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if ev := b.c.cfg.Events; ev != nil {
@@ -282,13 +386,20 @@ func (b *backend) watchOnce(ctx context.Context, client healthpb.HealthClient, s
 			return err
 		}
 		*attempt = 0
-		b.report(svc, run, resp.GetStatus(), statusReason(resp.GetStatus()))
+		b.report(svc, run, resp.GetStatus(), statusReason(resp.GetStatus(), svc))
 	}
 }
 
-func statusReason(st healthpb.HealthCheckResponse_ServingStatus) string {
-	if st == healthpb.HealthCheckResponse_SERVING {
+// setNameHint is how a user makes a backend's health server and the
+// gateway agree on a name.
+const setNameHint = `register the instance with Consul service meta healthgate.health_service=<name> ("" asks for the server's overall health), or set routes[].health_service`
+
+func statusReason(st healthpb.HealthCheckResponse_ServingStatus, svc string) string {
+	switch st {
+	case healthpb.HealthCheckResponse_SERVING:
 		return ""
+	case healthpb.HealthCheckResponse_SERVICE_UNKNOWN:
+		return fmt.Sprintf("backend reports SERVICE_UNKNOWN for health service %q: %s", svc, setNameHint)
 	}
 	return "backend reports " + st.String()
 }

@@ -1,0 +1,281 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// The grpc engine: each call is a grpc-go server stream on the listener and
+// a grpc-go client stream on the backend's connection, with the message
+// bytes handed from one to the other untouched (see codec.go).
+
+// grpcUpstream is what the grpc engine needs of an upstream: a stream on
+// the backend's connection, opened at once or not at all (never waiting for
+// a connection that is not READY).
+type grpcUpstream interface {
+	Upstream
+	NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error)
+}
+
+// streamDesc makes every backend call a bidi stream: the proxy cannot know
+// the method's kind, and a bidi stream carries the other three exactly.
+var streamDesc = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
+	ctx := ss.Context()
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return status.Error(codes.Internal, "healthgate: no method on server stream")
+	}
+	// arrived dates the call for the observer and for telling a deadline
+	// from a cancel.
+	arrived := time.Now()
+	obs := p.cfg.Observer
+	if obs != nil {
+		obs.CallStarted()
+	}
+	info := CallInfo{FullMethod: method, Routed: true}
+	finish := func(err error) error {
+		if obs != nil {
+			info.Code, info.Duration = status.Code(err), time.Since(arrived)
+			obs.CallFinished(info)
+		}
+		return err
+	}
+
+	if _, ok := ctx.Deadline(); !ok && p.cfg.DefaultTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.cfg.DefaultTimeout)
+		defer cancel()
+	}
+	// Cancelling this context is how the backend learns that the call is
+	// over from the client's side (cancel, deadline, oversized message).
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	md, from := requestMD(ctx)
+	opts := p.callOpts
+	if ct := md["content-type"]; len(ct) > 0 {
+		if sub := contentSubtype(ct[0]); sub != "" {
+			opts = append(opts[:len(opts):len(opts)], grpc.CallContentSubtype(sub))
+		}
+	}
+	outCtx := metadata.NewOutgoingContext(ctx, outgoingMD(md, from, p.cfg.TrustedProxies))
+
+	var (
+		tried []Upstream
+		up    Upstream
+		cs    grpc.ClientStream
+	)
+	for {
+		var err error
+		up, err = p.picker.Pick(ctx, method, tried)
+		if err != nil {
+			st := pickStatus(err)
+			info.Routed = st.Code() != codes.Unimplemented
+			return finish(st.Err())
+		}
+		info.Attempts++
+		info.Upstream = up.Addr()
+		gu, ok := up.(grpcUpstream)
+		if !ok {
+			up.Done(Outcome{Code: codes.Internal, Origin: Local})
+			return finish(status.Errorf(codes.Internal, "healthgate: upstream %s cannot carry grpc streams", up.Addr()))
+		}
+		cs, err = gu.NewStream(outCtx, &streamDesc, method, opts...)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			up.Done(Outcome{Code: codes.Canceled, Origin: FromClient})
+			return finish(clientError(ctx, arrived, err))
+		}
+		// The backend never saw the call: another one may take it.
+		up.Done(Outcome{Code: codes.Unavailable, Origin: Local})
+		tried = append(tried, up)
+		if len(tried) >= p.cfg.MaxAttempts {
+			return finish(status.Errorf(codes.Unavailable, "healthgate: no backend accepted the call after %d attempts (last, %s: %s)",
+				len(tried), up.Addr(), status.Convert(err).Message()))
+		}
+	}
+
+	var n byteCounts
+	o, err := p.forward(ctx, cancel, ss, cs, arrived, &n)
+	up.Done(o)
+	info.RequestBytes, info.ResponseBytes = n.req.Load(), n.resp
+	return finish(err)
+}
+
+// byteCounts are a call's forwarded payload bytes. Requests are counted on
+// their own goroutine, hence the atomic.
+type byteCounts struct {
+	req  atomic.Int64
+	resp int64
+}
+
+// forward moves the call's messages both ways until it ends, and returns
+// the client's status and the call's outcome on the backend.
+func (p *Proxy) forward(ctx context.Context, cancel context.CancelCauseFunc, ss grpc.ServerStream, cs grpc.ClientStream, arrived time.Time, n *byteCounts) (Outcome, error) {
+	go p.forwardRequests(ss, cs, cancel, &n.req)
+
+	// Headers go to the client as soon as the backend sends them, before any
+	// message and whatever follows. A backend that answers with a
+	// trailers-only response (a status and nothing else) has no headers to
+	// pass on: Header returns nil metadata, and the client must get a
+	// trailers-only response too, or its retry policy would not apply.
+	md, err := cs.Header()
+	if err != nil {
+		// No response header: whatever ended the call, the backend did not
+		// answer in time.
+		o := Outcome{Code: codes.Unavailable, Origin: Local}
+		cerr := clientError(ctx, arrived, err)
+		if ctx.Err() != nil && status.Code(cerr) != codes.DeadlineExceeded {
+			o.Origin = FromClient
+		}
+		o.Code = status.Code(cerr)
+		return o, cerr
+	}
+	if md != nil {
+		if err := ss.SendHeader(md); err != nil {
+			return Outcome{Code: codes.Canceled, Origin: FromClient}, clientError(ctx, arrived, err)
+		}
+	}
+	var f Frame
+	for {
+		if err := cs.RecvMsg(&f); err != nil {
+			ss.SetTrailer(cs.Trailer())
+			if errors.Is(err, io.EOF) {
+				return Outcome{Code: codes.OK, Origin: FromBackend}, nil
+			}
+			cerr := clientError(ctx, arrived, err)
+			o := Outcome{Code: status.Code(cerr), Origin: FromBackend}
+			switch {
+			case ctx.Err() != nil:
+				o.Origin = FromClient
+			case transportFailure(err):
+				o.Origin = Local
+			}
+			return o, cerr
+		}
+		n.resp += int64(f.Len())
+		if err := ss.SendMsg(&f); err != nil {
+			f.Free()
+			return Outcome{Code: codes.Canceled, Origin: FromClient}, clientError(ctx, arrived, err)
+		}
+	}
+}
+
+// forwardRequests copies the client's messages to the backend until the
+// client half-closes. It ends the backend call when the client side fails,
+// so that the receive loop in forward stops too. It may outlive the handler
+// when the backend ends the call first; grpc ends the client stream then,
+// which unblocks RecvMsg.
+func (p *Proxy) forwardRequests(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelCauseFunc, n *atomic.Int64) {
+	var f Frame
+	for {
+		if err := ss.RecvMsg(&f); err != nil {
+			if errors.Is(err, io.EOF) {
+				// Half-close: the backend sees end-of-stream and answers.
+				cs.CloseSend()
+				return
+			}
+			cancel(err)
+			return
+		}
+		n.Add(int64(f.Len()))
+		if err := cs.SendMsg(&f); err != nil {
+			// The backend has ended the call; its status reaches the
+			// client through RecvMsg in forward.
+			f.Free()
+			return
+		}
+	}
+}
+
+// transportMarks are the words grpc-go uses for a call that failed in the
+// transport rather than with a status the backend sent: a reset stream, a
+// broken or closed connection.
+var transportMarks = [...]string{
+	"stream terminated by RST_STREAM",
+	"transport is closing",
+	"error reading from server",
+	"connection error",
+	"keepalive ping failed",
+	"the client connection is closing",
+	"connection is draining",
+	"server closed the stream without sending trailers",
+}
+
+// transportFailure reports whether a backend stream's error came from the
+// transport. grpc-go gives no other way to tell.
+func transportFailure(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return true
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.Internal, codes.Canceled, codes.Unknown:
+	default:
+		return false
+	}
+	msg := st.Message()
+	for _, m := range transportMarks {
+		if strings.Contains(msg, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientError is the status the client gets. When the call ended because of
+// the client's own side (a message over the limit, a cancel, a deadline),
+// that cause wins over what the cancelled backend call reports; when it
+// ended between the gateway and the backend, the code says so honestly.
+func clientError(ctx context.Context, arrived time.Time, err error) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		if st, ok := status.FromError(cause); ok {
+			return st.Err()
+		}
+		return status.FromContextError(cause).Err()
+	}
+	if ctx.Err() != nil {
+		// A client whose deadline passes resets the stream, and the reset
+		// reaches the gateway a little before its own copy of the deadline
+		// (grpc-timeout is measured from the arrival): a cancel that close
+		// to the deadline is the deadline, not a cancel.
+		if d, ok := ctx.Deadline(); ok {
+			slack := max(5*time.Millisecond, d.Sub(arrived)/20)
+			if !time.Now().Before(d.Add(-slack)) {
+				return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+			}
+		}
+		if _, isStatus := status.FromError(err); !isStatus {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return status.Error(codes.Unavailable, "healthgate: backend call failed: "+err.Error())
+	}
+	if ctx.Err() == nil && transportFailure(err) {
+		if c := upstreamCode(st.Code()); c != st.Code() {
+			return status.Error(c, "healthgate: backend connection failed: "+st.Message())
+		}
+	}
+	// Details travel byte-identical in the trailer metadata
+	// (grpc-status-details-bin); a status that carried them again would make
+	// grpc re-encode them.
+	if len(st.Proto().GetDetails()) > 0 {
+		return status.Error(st.Code(), st.Message())
+	}
+	return err
+}

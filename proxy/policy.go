@@ -1,0 +1,115 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+)
+
+// The forwarding policy: what every engine does to a call's metadata on its
+// way to the backend. See the README's "Forwarding policy".
+
+// dropped are request keys the backend connection sets for itself, or that
+// describe the client's hop only; forwarding them would send them twice or
+// lie about the second hop. :authority becomes x-forwarded-host.
+var dropped = [...]string{":authority", "user-agent", "grpc-accept-encoding", "grpc-encoding", "te", "content-type", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+
+// outgoingMD is the client's request metadata md (which it edits) as the
+// backend gets it: x-forwarded-for ends with the client's address and
+// x-forwarded-host names the :authority the client called; both are
+// replaced unless the client is a trusted proxy, whose own values are kept
+// (and appended to). from is the client's address; nil when unknown.
+func outgoingMD(md metadata.MD, from net.Addr, trusted []netip.Prefix) metadata.MD {
+	if md == nil {
+		md = metadata.MD{}
+	}
+	trust := isTrusted(from, trusted)
+	authority := md[":authority"]
+	for _, k := range dropped {
+		delete(md, k)
+	}
+	if !trust || len(md["x-forwarded-host"]) == 0 {
+		if len(authority) > 0 {
+			md["x-forwarded-host"] = authority[:1]
+		} else {
+			delete(md, "x-forwarded-host")
+		}
+	}
+	if !trust {
+		delete(md, "x-forwarded-for")
+	}
+	if from != nil {
+		host := from.String()
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		md["x-forwarded-for"] = append(md["x-forwarded-for"], host)
+	}
+	return md
+}
+
+// isTrusted reports whether the client at from is one of the trusted
+// proxies.
+func isTrusted(from net.Addr, trusted []netip.Prefix) bool {
+	if from == nil || len(trusted) == 0 {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(from.String())
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	for _, p := range trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// requestMD is the client's request metadata, a copy the caller may edit,
+// and the client's address.
+func requestMD(ctx context.Context) (metadata.MD, net.Addr) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	var from net.Addr
+	if pr, ok := peer.FromContext(ctx); ok {
+		from = pr.Addr
+	}
+	return md, from
+}
+
+// contentSubtype is the subtype of a gRPC content-type:
+// "application/grpc+xyz" is "xyz"; plain "application/grpc" (with or without
+// parameters) and anything else has none.
+func contentSubtype(contentType string) string {
+	rest, ok := strings.CutPrefix(contentType, "application/grpc")
+	if !ok {
+		return ""
+	}
+	sub, ok := strings.CutPrefix(rest, "+")
+	if !ok {
+		return ""
+	}
+	if i := strings.IndexByte(sub, ';'); i >= 0 {
+		sub = sub[:i]
+	}
+	return strings.TrimSpace(sub)
+}
+
+// upstreamCode is the code a client gets for a call that failed between the
+// gateway and the backend rather than in the backend's application: the
+// client did not cancel, so CANCELED would be a lie, and INTERNAL would
+// blame a service that never answered. UNAVAILABLE says what happened and
+// lets the client retry.
+func upstreamCode(c codes.Code) codes.Code {
+	switch c {
+	case codes.Canceled, codes.Internal, codes.Unknown:
+		return codes.Unavailable
+	}
+	return c
+}
