@@ -105,11 +105,11 @@ type View struct {
 
 // RouteView is one route.
 type RouteView struct {
-	Route         string        `json:"route"`
-	HealthService string        `json:"health_service"`
-	Serving       bool          `json:"serving"`
-	Routable      int           `json:"routable"`
-	MinHealthy    int           `json:"min_healthy"`
+	Route         string `json:"route"`
+	HealthService string `json:"health_service"`
+	Serving       bool   `json:"serving"`
+	Routable      int    `json:"routable"`
+	MinHealthy    int    `json:"min_healthy"`
 	// Gone is set while a route that discovery no longer lists is kept
 	// (its calls get UNAVAILABLE) for the drain grace.
 	Gone     bool          `json:"gone,omitempty"`

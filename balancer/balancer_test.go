@@ -43,7 +43,9 @@ func newHandles(t testing.TB, n int) handles {
 	var latest atomic.Pointer[healthcheck.State]
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, discovery.Static{testutil.TestService: addrs}, func(st *healthcheck.State) { latest.Store(st) }) }()
+	go func() {
+		done <- c.Run(ctx, discovery.Static{testutil.TestService: addrs}, func(st *healthcheck.State) { latest.Store(st) })
+	}()
 	t.Cleanup(func() { cancel(); <-done })
 	testutil.WaitFor(t, 10*time.Second, "every backend routable", func() bool {
 		st := latest.Load()

@@ -10,8 +10,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 

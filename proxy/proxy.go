@@ -201,7 +201,6 @@ func (p *Proxy) ServerOptions() []grpc.ServerOption {
 	}
 }
 
-
 // pickStatus is the status of a failed pick.
 func pickStatus(err error) *status.Status {
 	if st, ok := status.FromError(err); ok {
