@@ -173,8 +173,26 @@ type Health struct {
 	BackoffBase time.Duration `yaml:"backoff_base"`
 	BackoffMax  time.Duration `yaml:"backoff_max"`
 	// DrainGrace is how long a backend that left discovery keeps its
-	// connection for calls in flight. Default 10s.
+	// connection for calls in flight, and how long a route that left
+	// discovery answers UNAVAILABLE before it is forgotten. Default 10s.
 	DrainGrace time.Duration `yaml:"drain_grace"`
+	// Liveness finds a backend that stopped answering on an open
+	// connection (a hung or stopped process).
+	Liveness Liveness `yaml:"liveness"`
+}
+
+// Liveness is the probe on every backend connection: a grpc.health.v1
+// Check every Interval that must be answered (with anything) within
+// Timeout, or the backend is "not responding": it leaves the rotation and
+// its connection is cut, so that its calls in flight fail at once. A hang is
+// found within about Interval + Timeout.
+type Liveness struct {
+	// Interval between probes. Default 1s.
+	Interval time.Duration `yaml:"interval"`
+	// Timeout of one probe. Default 2s.
+	Timeout time.Duration `yaml:"timeout"`
+	// Disabled turns the probe off.
+	Disabled bool `yaml:"disabled"`
 }
 
 // Shutdown tunes the drain on SIGTERM: the gateway reports NOT_SERVING at
@@ -324,6 +342,8 @@ func (c *Config) Validate() error {
 		{"health.backoff_base", c.Health.BackoffBase},
 		{"health.backoff_max", c.Health.BackoffMax},
 		{"health.drain_grace", c.Health.DrainGrace},
+		{"health.liveness.interval", c.Health.Liveness.Interval},
+		{"health.liveness.timeout", c.Health.Liveness.Timeout},
 		{"shutdown.drain_delay", c.Shutdown.DrainDelay},
 		{"shutdown.grace", c.Shutdown.Grace},
 		{"register.interval", c.Register.Interval},

@@ -91,7 +91,10 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		BackoffMax:  cfg.Health.BackoffMax,
 		DrainGrace:  cfg.Health.DrainGrace,
 		Outlier:     p.outlier,
-		Events:      g.metrics,
+		Liveness: healthcheck.LivenessConfig{
+			Interval: cfg.Health.Liveness.Interval, Timeout: cfg.Health.Liveness.Timeout, Disable: cfg.Health.Liveness.Disabled,
+		},
+		Events: g.metrics,
 	}, logger)
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,9 @@ type Handle struct {
 	cc   *grpc.ClientConn
 	c    *Checker
 	log  *slog.Logger
+	// tracker dialed cc's current TCP connection, and can cut it when the
+	// backend stops answering on it.
+	tracker *connTracker
 	// ctx is the backend's lifetime: cancelled by close, it ends the
 	// monitor and every Watch.
 	ctx    context.Context
@@ -57,7 +61,9 @@ type Handle struct {
 	// connection; aliveReason says since when.
 	alive       bool
 	aliveReason string
-	watches     map[string]*watch
+	// stopProbe ends the liveness probe of the current connection.
+	stopProbe context.CancelFunc
+	watches   map[string]*watch
 }
 
 // watch is the health of one health-service name on one backend.
@@ -86,13 +92,15 @@ type health struct {
 func (c *Checker) newHandle(ctx context.Context, addr string) (*Handle, error) {
 	// passthrough: the address is already resolved by discovery, and a DNS
 	// resolver per backend would only add goroutines and delay.
-	cc, err := grpc.NewClient("passthrough:///"+addr, c.cfg.DialOptions...)
+	tracker := &connTracker{}
+	opts := append(slices.Clip(c.cfg.DialOptions), grpc.WithContextDialer(tracker.Dialer()))
+	cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", addr, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	b := &Handle{
-		addr: addr, cc: cc, c: c, ctx: ctx, cancel: cancel,
+		addr: addr, cc: cc, c: c, ctx: ctx, cancel: cancel, tracker: tracker,
 		log:        c.log.With("addr", addr),
 		connReason: "connecting",
 		alive:      true,
@@ -178,6 +186,7 @@ func (b *Handle) setConn(st connectivity.State) {
 		b.readySince = time.Now()
 		// A new connection answers until it is shown not to.
 		b.alive, b.aliveReason = true, ""
+		b.startProbeLocked()
 		for svc, w := range b.watches {
 			// The reason still names the connection state; until the new
 			// Watch answers, what the backend waits for is that answer.
@@ -192,6 +201,10 @@ func (b *Handle) setConn(st connectivity.State) {
 			// Keep the cause: the connection was cut because the backend
 			// stopped answering.
 			b.connReason += " (" + b.aliveReason + ")"
+		}
+		if b.stopProbe != nil {
+			b.stopProbe()
+			b.stopProbe = nil
 		}
 		for _, w := range b.watches {
 			b.stopLocked(w, healthpb.HealthCheckResponse_UNKNOWN, b.connReason)
@@ -223,6 +236,33 @@ func (b *Handle) setAlive(alive bool, reason string) {
 		}
 		b.c.markDirty(b.addr)
 	}
+}
+
+// startProbeLocked starts the liveness probe of a connection that just
+// became READY; b.mu is held.
+func (b *Handle) startProbeLocked() {
+	lc := b.c.cfg.Liveness
+	if lc.Disable {
+		return
+	}
+	ctx, cancel := context.WithCancel(b.ctx)
+	b.stopProbe = cancel
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		probeLoop(ctx, b.cc, lc, func(alive bool, reason string) {
+			if ctx.Err() != nil {
+				return
+			}
+			b.setAlive(alive, reason)
+			if !alive && b.tracker.Sever() {
+				// As grpc's keepalive does: the calls in flight on a
+				// backend that stopped answering fail now, UNAVAILABLE,
+				// not at their deadlines, and grpc reconnects.
+				b.log.Warn("backend connection cut: the backend stopped answering on it", "reason", reason)
+			}
+		})
+	}()
 }
 
 // setServices makes the backend watch exactly svcs.

@@ -54,6 +54,9 @@ type Config struct {
 	DrainGrace time.Duration
 	// Outlier is passive failure detection.
 	Outlier OutlierConfig
+	// Liveness is the probe that finds a backend that stopped answering on
+	// an open connection.
+	Liveness LivenessConfig
 	// Events, if set, is told of what the checker sees happen.
 	Events Events
 }
@@ -126,7 +129,7 @@ func (c Config) Validate() error {
 	if err := c.Outlier.Validate(); err != nil {
 		return fmt.Errorf("outlier_detection.%w", err)
 	}
-	return nil
+	return c.Liveness.Validate()
 }
 
 func (c Config) withDefaults() Config {
@@ -143,6 +146,7 @@ func (c Config) withDefaults() Config {
 		c.DrainGrace = 10 * time.Second
 	}
 	c.Outlier = c.Outlier.withDefaults()
+	c.Liveness = c.Liveness.withDefaults()
 	return c
 }
 
