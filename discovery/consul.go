@@ -41,6 +41,11 @@ type ConsulConfig struct {
 	// RetryBase and RetryMax bound the backoff while Consul is unreachable.
 	// Zero means 250ms and 10s.
 	RetryBase, RetryMax time.Duration
+	// ResetGrace is how long the instances known before an outage of
+	// Consul or before its index went backwards (a restarted agent that lost
+	// its state, a new cluster) are kept beside what the first answers say,
+	// while the instances register again. Zero means 10s.
+	ResetGrace time.Duration
 	// OnQuery, if set, is told of every query's outcome, for metrics:
 	// kind is "catalog" or "health"; a blocking query's duration includes
 	// its wait.
@@ -87,6 +92,9 @@ func NewConsul(cfg ConsulConfig, logger *slog.Logger) (*Consul, error) {
 	}
 	if cfg.RetryMax == 0 {
 		cfg.RetryMax = 10 * time.Second
+	}
+	if cfg.ResetGrace == 0 {
+		cfg.ResetGrace = 10 * time.Second
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -143,6 +151,18 @@ type consulRun struct {
 	// results holds each watch's latest instances; a key is present once
 	// its query has answered.
 	results map[watchKey][]*api.ServiceEntry
+	// kept holds, for a while after Consul's index went backwards, what a
+	// watch knew before: a restarted, emptied Consul is not news that every
+	// backend is gone. Health checking still decides who is routable.
+	kept map[watchKey]keptEntries
+	// keptCatalog is the same for the catalog of route tags.
+	keptCatalog      map[string][]string
+	keptCatalogUntil time.Time
+}
+
+type keptEntries struct {
+	entries []*api.ServiceEntry
+	until   time.Time
 }
 
 func (r *consulRun) wake() {
@@ -157,7 +177,9 @@ func (r *consulRun) wake() {
 func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r := &consulRun{c: c, poke: make(chan struct{}, 1), results: map[watchKey][]*api.ServiceEntry{}}
+	r := &consulRun{c: c, poke: make(chan struct{}, 1), results: map[watchKey][]*api.ServiceEntry{}, kept: map[watchKey]keptEntries{}}
+	expiry := time.NewTimer(time.Hour)
+	defer expiry.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	watches := map[watchKey]context.CancelFunc{}
@@ -191,11 +213,15 @@ func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 		case <-ctx.Done():
 			return nil
 		case <-r.poke:
+		case <-expiry.C:
 		}
 		r.mu.Lock()
+		if next := r.expireKeptLocked(time.Now()); !next.IsZero() {
+			expiry.Reset(time.Until(next))
+		}
 		if r.catalog != nil {
 			want := map[watchKey]bool{}
-			for svc := range r.catalog {
+			for svc := range r.catalogLocked() {
 				want[watchKey{service: svc, tags: strings.Join(c.cfg.Tags, "\x00"), auto: true}] = true
 			}
 			for k := range want {
@@ -279,14 +305,14 @@ func (r *consulRun) snapshotLocked() Snapshot {
 	for _, rt := range r.c.cfg.Routes {
 		k := watchKey{service: rt.Service, tags: strings.Join(rt.Tags, "\x00")}
 		eps := snap.Routes[rt.Route]
-		for _, e := range r.results[k] {
+		for _, e := range r.entriesLocked(k) {
 			eps = append(eps, endpointOf(e))
 		}
 		snap.Routes[rt.Route] = eps
 	}
 	// A route tagged in the catalog exists even while none of its instances
 	// passes: its calls are UNAVAILABLE, not UNIMPLEMENTED.
-	for _, routes := range r.catalog {
+	for _, routes := range r.catalogLocked() {
 		for _, route := range routes {
 			if _, ok := snap.Routes[route]; !ok {
 				snap.Routes[route] = nil
@@ -294,11 +320,11 @@ func (r *consulRun) snapshotLocked() Snapshot {
 		}
 	}
 	prefix := r.c.cfg.RouteTag + "="
-	for k, entries := range r.results {
+	for k := range r.results {
 		if !k.auto {
 			continue
 		}
-		for _, e := range entries {
+		for _, e := range r.entriesLocked(k) {
 			for _, tag := range e.Service.Tags {
 				if route, ok := strings.CutPrefix(tag, prefix); ok && route != "" {
 					snap.Routes[route] = append(snap.Routes[route], endpointOf(e))
@@ -310,6 +336,67 @@ func (r *consulRun) snapshotLocked() Snapshot {
 		snap.Routes[route] = sortEndpoints(eps)
 	}
 	return snap
+}
+
+// entriesLocked is what watch k knows: its latest answer, and what it knew
+// before Consul's index went backwards while that is kept.
+func (r *consulRun) entriesLocked(k watchKey) []*api.ServiceEntry {
+	kept, ok := r.kept[k]
+	if !ok {
+		return r.results[k]
+	}
+	out := slices.Clone(r.results[k])
+	for _, e := range kept.entries {
+		if !slices.ContainsFunc(out, func(o *api.ServiceEntry) bool { return o.Service.ID == e.Service.ID && o.Node.Node == e.Node.Node }) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// catalogLocked is the catalog of route tags, with what it held before
+// Consul's index went backwards while that is kept.
+func (r *consulRun) catalogLocked() map[string][]string {
+	if r.keptCatalog == nil {
+		return r.catalog
+	}
+	out := maps.Clone(r.catalog)
+	if out == nil {
+		out = map[string][]string{}
+	}
+	for svc, routes := range r.keptCatalog {
+		if _, ok := out[svc]; !ok {
+			out[svc] = routes
+		}
+	}
+	return out
+}
+
+// expireKeptLocked forgets what was kept across an index reset once its
+// grace is over, and returns when the next kept answer expires.
+func (r *consulRun) expireKeptLocked(now time.Time) time.Time {
+	var next time.Time
+	later := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	for k, kept := range r.kept {
+		if !now.Before(kept.until) {
+			delete(r.kept, k)
+			r.c.log.Info("consul: instances known before the index reset and not registered again are dropped", "query", k.service)
+			continue
+		}
+		later(kept.until)
+	}
+	if r.keptCatalog != nil {
+		if !now.Before(r.keptCatalogUntil) {
+			r.keptCatalog = nil
+		} else {
+			later(r.keptCatalogUntil)
+		}
+	}
+	return next
 }
 
 func endpointOf(e *api.ServiceEntry) Endpoint {
@@ -341,7 +428,7 @@ func (r *consulRun) watchCatalog(ctx context.Context) {
 	prefix := r.c.cfg.RouteTag + "="
 	blockingLoop(ctx, r.c, "catalog", "catalog services", func(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
 		return r.c.client.Catalog().Services(q)
-	}, func(services map[string][]string) {
+	}, func(services map[string][]string, reset bool) {
 		found := map[string][]string{}
 		for svc, tags := range services {
 			for _, t := range tags {
@@ -351,6 +438,11 @@ func (r *consulRun) watchCatalog(ctx context.Context) {
 			}
 		}
 		r.mu.Lock()
+		if reset && r.catalog != nil {
+			r.keptCatalog, r.keptCatalogUntil = r.catalog, time.Now().Add(r.c.cfg.ResetGrace)
+			r.c.log.Info("consul: first catalog answer after an outage or an index that went backwards; routes it no longer lists are kept while services register again",
+				"grace", r.c.cfg.ResetGrace)
+		}
 		r.catalog = found
 		r.mu.Unlock()
 		r.wake()
@@ -365,9 +457,14 @@ func (r *consulRun) watchService(ctx context.Context, k watchKey) {
 	passing := !r.c.cfg.AllowUnhealthy
 	blockingLoop(ctx, r.c, "health", "health of "+k.service, func(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 		return r.c.client.Health().ServiceMultipleTags(k.service, tags, passing, q)
-	}, func(entries []*api.ServiceEntry) {
+	}, func(entries []*api.ServiceEntry, reset bool) {
 		r.mu.Lock()
 		if ctx.Err() == nil {
+			if prev, ok := r.results[k]; reset && ok && len(prev) > 0 {
+				r.kept[k] = keptEntries{entries: prev, until: time.Now().Add(r.c.cfg.ResetGrace)}
+				r.c.log.Info("consul: first answer after an outage or an index that went backwards; instances it no longer lists are kept while they register again",
+					"query", k.service, "instances", len(prev), "grace", r.c.cfg.ResetGrace)
+			}
 			r.results[k] = entries
 		}
 		r.mu.Unlock()
@@ -381,8 +478,10 @@ func (r *consulRun) watchService(ctx context.Context, k watchKey) {
 // timeout and is skipped, a short jittered pause separates queries so that
 // a flapping service cannot make the gateway hammer the agent, and errors
 // back off exponentially while the last good answer stays in use.
-func blockingLoop[T any](ctx context.Context, c *Consul, kind, what string, query func(*api.QueryOptions) (T, *api.QueryMeta, error), report func(T)) {
-	var index uint64
+func blockingLoop[T any](ctx context.Context, c *Consul, kind, what string, query func(*api.QueryOptions) (T, *api.QueryMeta, error), report func(v T, reset bool)) {
+	// index is what the next query waits on; known is the highest index
+	// seen, kept across errors, to tell a Consul that lost its state.
+	var index, known uint64
 	failures := 0
 	for {
 		q := (&api.QueryOptions{WaitIndex: index, WaitTime: c.cfg.WaitTime}).WithContext(ctx)
@@ -411,20 +510,29 @@ func blockingLoop[T any](ctx context.Context, c *Consul, kind, what string, quer
 			}
 			continue
 		}
-		if failures > 0 {
+		// The first answer after an outage may come from an agent that
+		// restarted without its state, whose index need not have gone
+		// backwards; like an index that did, it is not news that what
+		// it no longer lists has left.
+		recovered := failures > 0
+		if recovered {
 			c.log.Info("consul reachable again", "query", what, "after_failures", failures)
 			failures = 0
 		}
 		switch {
-		case meta.LastIndex < index:
-			// Consul's index went backwards: start over with a fresh read.
-			index = 0
-			report(v)
+		case recovered:
+			index, known = meta.LastIndex, max(known, meta.LastIndex)
+			report(v, true)
+		case meta.LastIndex < known:
+			// Consul's index went backwards: its state is not the one we
+			// knew. Start over with a fresh read.
+			index, known = meta.LastIndex, meta.LastIndex
+			report(v, true)
 		case meta.LastIndex == index:
 			// The wait timed out with nothing new.
 		default:
-			index = meta.LastIndex
-			report(v)
+			index, known = meta.LastIndex, meta.LastIndex
+			report(v, false)
 		}
 		if index == 0 {
 			// A zero index would make every next query return at once.

@@ -252,6 +252,9 @@ func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discov
 	if cfg.Consul.Address != "" {
 		cc := consulConfig(cfg)
 		cc.Routes, cc.OnQuery = consulRoutes, m.ConsulQuery
+		// An emptied Consul keeps the last known backends for as long as a
+		// deregistered backend keeps its calls.
+		cc.ResetGrace = cfg.Health.DrainGrace
 		c, err := discovery.NewConsul(cc, logger)
 		if err != nil {
 			return nil, err
