@@ -666,3 +666,72 @@ func TestB03_TrailersOnlyStaysTrailersOnly(t *testing.T) {
 		}
 	}
 }
+
+// refusing is an upstream whose streams are never accepted, as a backend
+// whose connection broke between the pick and the send.
+type refusing struct{ done chan proxy.Outcome }
+
+func (refusing) Addr() string { return "refusing" }
+func (r refusing) Done(o proxy.Outcome) {
+	r.done <- o
+}
+func (refusing) NewStream(context.Context, *grpc.StreamDesc, string, ...grpc.CallOption) (grpc.ClientStream, error) {
+	return nil, status.Error(codes.Unavailable, "connection is not ready")
+}
+
+// seqPicker hands out its upstreams in turn, recording what each pick was
+// told had been tried.
+type seqPicker struct {
+	ups   []proxy.Upstream
+	tried [][]proxy.Upstream
+}
+
+func (p *seqPicker) Pick(_ context.Context, _ string, tried []proxy.Upstream) (proxy.Upstream, error) {
+	p.tried = append(p.tried, append([]proxy.Upstream(nil), tried...))
+	if len(p.tried) > len(p.ups) {
+		return nil, status.Error(codes.Unavailable, "no healthy upstream left")
+	}
+	return p.ups[len(p.tried)-1], nil
+}
+
+// TestB13_RepickWhenNotAccepted: a call that an upstream does not accept
+// goes to the next pick, told what was tried, and the refusing upstream is
+// told its failure was local; with only refusals, the client gets
+// UNAVAILABLE after the bounded attempts.
+func TestB13_RepickWhenNotAccepted(t *testing.T) {
+	backend := testutil.StartBackend(t)
+	refused := make(chan proxy.Outcome, 8)
+	good := upstream{testutil.Dial(t, backend.Addr), make(chan proxy.Outcome, 8)}
+	sp := &seqPicker{ups: []proxy.Upstream{refusing{refused}, good}}
+	p, err := proxy.New(proxy.Config{}, sp, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := testutil.Dial(t, serve(t, grpc.NewServer(p.ServerOptions()...)))
+	if _, err := testutil.Unary(ctxT(t), gw, "/test.Svc/Echo", []byte("x")); err != nil {
+		t.Fatalf("call with one refusal then a good upstream: %v", err)
+	}
+	if len(sp.tried) != 2 || len(sp.tried[1]) != 1 || sp.tried[1][0].Addr() != "refusing" {
+		t.Fatalf("picks were told tried = %v, want the refusing upstream on the second pick", sp.tried)
+	}
+	if o := <-refused; o.Origin != proxy.Local || o.Code != codes.Unavailable {
+		t.Fatalf("refusing upstream's outcome %+v, want a local UNAVAILABLE", o)
+	}
+	if o := <-good.done; o.Origin != proxy.FromBackend || o.Code != codes.OK {
+		t.Fatalf("good upstream's outcome %+v, want OK from the backend", o)
+	}
+
+	sp2 := &seqPicker{ups: []proxy.Upstream{refusing{refused}, refusing{refused}, refusing{refused}, good}}
+	p2, err := proxy.New(proxy.Config{MaxAttempts: 3}, sp2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw2 := testutil.Dial(t, serve(t, grpc.NewServer(p2.ServerOptions()...)))
+	_, err = testutil.Unary(ctxT(t), gw2, "/test.Svc/Echo", []byte("x"))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "after 3 attempts") {
+		t.Fatalf("three refusals: %v, want UNAVAILABLE after 3 attempts", err)
+	}
+	if len(sp2.tried) != 3 {
+		t.Fatalf("%d picks, want 3 (MaxAttempts)", len(sp2.tried))
+	}
+}
