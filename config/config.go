@@ -56,8 +56,6 @@ type Config struct {
 type Outlier struct {
 	// ConsecutiveFailures in a row eject it. Default 5.
 	ConsecutiveFailures int `yaml:"consecutive_failures"`
-	// ConsecutiveUnavailable is the old name of ConsecutiveFailures.
-	ConsecutiveUnavailable int `yaml:"consecutive_unavailable"`
 	// Ejection is how long, longer each time in a row. Default 30s. It ends
 	// early when the backend reconnects and reports SERVING.
 	Ejection time.Duration `yaml:"ejection"`
@@ -246,10 +244,6 @@ func (c *Config) ApplyDefaults() {
 	if host, port, err := net.SplitHostPort(c.Admin); err == nil && host == "" {
 		c.Admin = net.JoinHostPort("127.0.0.1", port)
 	}
-	if c.Outlier.ConsecutiveFailures == 0 {
-		c.Outlier.ConsecutiveFailures = c.Outlier.ConsecutiveUnavailable
-	}
-	c.Outlier.ConsecutiveUnavailable = 0
 	if c.Register.Name == "" {
 		c.Register.Name = "healthgate"
 	}
@@ -355,9 +349,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Outlier.ConsecutiveFailures < 0 {
 		return fmt.Errorf("outlier_detection.consecutive_failures: must not be negative, got %d", c.Outlier.ConsecutiveFailures)
-	}
-	if c.Outlier.ConsecutiveUnavailable < 0 {
-		return fmt.Errorf("outlier_detection.consecutive_unavailable: must not be negative, got %d", c.Outlier.ConsecutiveUnavailable)
 	}
 	if p := c.Outlier.MaxEjectionPercent; p < 0 || p > 100 {
 		return fmt.Errorf("outlier_detection.max_ejection_percent: must be within 0-100, got %d", p)

@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -327,30 +329,7 @@ func (g *Gateway) Reload(cfg config.Config) (needRestart []string, err error) {
 		return nil, fmt.Errorf("gateway: reload: %w", err)
 	}
 	g.mu.Lock()
-	old := g.cfg
-	for _, f := range []struct {
-		name     string
-		old, new any
-	}{
-		{"listen", old.Listen, cfg.Listen},
-		{"admin", old.Admin, cfg.Admin},
-		{"admin_public", old.AdminPublic, cfg.AdminPublic},
-		{"pprof", old.Pprof, cfg.Pprof},
-		{"log", old.Log, cfg.Log},
-		{"proxy", old.Proxy, cfg.Proxy},
-		{"health", old.Health, cfg.Health},
-		{"shutdown", old.Shutdown, cfg.Shutdown},
-		{"register", old.Register, cfg.Register},
-	} {
-		if !reflect.DeepEqual(f.old, f.new) {
-			needRestart = append(needRestart, f.name)
-		}
-	}
-	// Keep the running values of what needs a restart, so that what the
-	// admin endpoint and a later reload compare against is what runs.
-	kept := cfg
-	kept.Listen, kept.Admin, kept.AdminPublic, kept.Pprof = old.Listen, old.Admin, old.AdminPublic, old.Pprof
-	kept.Log, kept.Proxy, kept.Health, kept.Shutdown, kept.Register = old.Log, old.Proxy, old.Health, old.Shutdown, old.Register
+	kept, needRestart := splitReload(g.cfg, cfg)
 	g.cfg = kept
 	g.mu.Unlock()
 
@@ -363,6 +342,44 @@ func (g *Gateway) Reload(cfg config.Config) (needRestart []string, err error) {
 	g.source.Set(p.source)
 	g.log.Info("configuration reloaded", "routes", len(cfg.Routes), "needs_restart", needRestart)
 	return needRestart, nil
+}
+
+// Config is the configuration in force: what the gateway was started with,
+// and each reload's reloadable sections.
+func (g *Gateway) Config() config.Config {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.cfg
+}
+
+// Reloadable names the top-level config sections (by their YAML key) that
+// Reload applies to the running gateway; every other section is read once
+// at start and needs a restart. One list: Reload follows it, the README
+// documents it, and a test checks that every field of config.Config is on
+// one side.
+func Reloadable() []string { return []string{"consul", "routes", "outlier_detection"} }
+
+// splitReload is the config in force after a reload from running to next:
+// next's reloadable sections and running's others, and the YAML keys of the
+// sections that changed but need a restart.
+func splitReload(running, next config.Config) (config.Config, []string) {
+	kept := next
+	var needRestart []string
+	rt := reflect.TypeOf(running)
+	rv, nv, kv := reflect.ValueOf(running), reflect.ValueOf(next), reflect.ValueOf(&kept).Elem()
+	for i := range rt.NumField() {
+		key, _, _ := strings.Cut(rt.Field(i).Tag.Get("yaml"), ",")
+		if slices.Contains(Reloadable(), key) {
+			continue
+		}
+		if !reflect.DeepEqual(rv.Field(i).Interface(), nv.Field(i).Interface()) {
+			needRestart = append(needRestart, key)
+		}
+		// What runs is what the admin endpoint and a later reload compare
+		// against.
+		kv.Field(i).Set(rv.Field(i))
+	}
+	return kept, needRestart
 }
 
 // Run serves on lis until ctx ends, then drains: the gateway leaves Consul
