@@ -4,7 +4,19 @@ BIN     := bin
 # scripts/consul.sh prints the cached agent's path, building it the first time.
 CONSUL   = $(shell ./scripts/consul.sh)
 
-.PHONY: all build test vet fmt-check consul demo run bench bench-quick clean
+.PHONY: all build test vet fmt-check consul demo run bench bench-quick clean fuzz
+
+# FUZZ_TARGETS is every fuzz test, as package:Target; go test -fuzz takes
+# one target per run. make test fuzzes each for FUZZTIME_TEST, make fuzz
+# for FUZZTIME. A failing input is written to the package's
+# testdata/fuzz/, where plain go test replays it from then on.
+FUZZ_TARGETS  := metrics:FuzzMethodLabels balancer:FuzzServiceOf proxy:FuzzOutgoingMD config:FuzzConfigParse
+FUZZTIME_TEST ?= 3s
+FUZZTIME      ?= 60s
+run-fuzz = set -e; for t in $(FUZZ_TARGETS); do \
+	echo "fuzz $${t\#*:} ($(1))"; \
+	$(GO) test -run='^$$' -fuzz="^$${t\#*:}\$$" -fuzztime=$(1) ./$${t%%:*}; \
+	done
 
 all: build
 
@@ -26,9 +38,15 @@ vet:
 
 # test: formatting, vet, then every test with the race detector against a
 # real Consul agent; the smoke test runs verbosely so the log shows the agent.
+# Last, each fuzz target runs briefly (B16).
 test: consul fmt-check vet
 	HEALTHGATE_CONSUL=$(CONSUL) $(GO) test -race -count=1 ./...
 	HEALTHGATE_CONSUL=$(CONSUL) $(GO) test -race -count=1 -v -run 'TestConsulSmoke' ./internal/testutil/
+	@$(call run-fuzz,$(FUZZTIME_TEST))
+
+# fuzz: each fuzz target for FUZZTIME (make fuzz FUZZTIME=10m).
+fuzz:
+	@$(call run-fuzz,$(FUZZTIME))
 
 # demo: Consul, two example Login backends that register themselves, and
 # healthgate; then a client walks through the health flips and everything

@@ -4,7 +4,10 @@
 // Label sets are bounded: gRPC methods are labelled only for services the
 // gateway routes, and at most MaxMethods distinct methods are labelled
 // before the rest are counted as "other", so a client calling made-up
-// method names cannot grow the series without end.
+// method names cannot grow the series without end. A service or method
+// name that is not valid UTF-8 or is longer than MaxLabelBytes is counted
+// as "invalid": Prometheus refuses such label values (WithLabelValues
+// panics), and the bytes of :path are the client's to choose.
 package metrics
 
 import (
@@ -13,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -24,6 +28,11 @@ import (
 
 // MaxMethods bounds the distinct (service, method) label pairs.
 const MaxMethods = 1000
+
+// MaxLabelBytes bounds a service or method label value taken from a call's
+// :path; longer names are counted as "invalid" rather than stored in every
+// series and every scrape.
+const MaxLabelBytes = 128
 
 // Metrics owns the registry and every collector.
 type Metrics struct {
@@ -49,6 +58,7 @@ type Metrics struct {
 	nMethods atomic.Int64
 	other    *methodSeries
 	unknown  *methodSeries
+	invalid  *methodSeries
 
 	access *slog.Logger
 }
@@ -135,7 +145,8 @@ func New(accessLog *slog.Logger) *Metrics {
 	m.respBytes = m.payload.WithLabelValues("response")
 	m.other = &methodSeries{service: "other", method: "other", m: m}
 	m.unknown = &methodSeries{service: "unknown", method: "unknown", m: m}
-	for _, s := range []*methodSeries{m.other, m.unknown} {
+	m.invalid = &methodSeries{service: "invalid", method: "invalid", m: m}
+	for _, s := range []*methodSeries{m.other, m.unknown, m.invalid} {
 		s.handling = m.handling.WithLabelValues(s.service, s.method)
 	}
 	r.MustRegister(m.handled, m.handling, m.inFlight, m.payload, m.transitions, m.watchStarts,
@@ -158,6 +169,11 @@ func (m *Metrics) series(fullMethod string, routed bool) *methodSeries {
 		return m.other
 	}
 	svc, method := splitMethod(fullMethod)
+	if !labelSafe(svc) || !labelSafe(method) {
+		// Not stored in methods either: a client sending junk must not
+		// fill the cache or use up the MaxMethods budget.
+		return m.invalid
+	}
 	s := &methodSeries{service: svc, method: method, m: m}
 	s.handling = m.handling.WithLabelValues(svc, method)
 	if prev, loaded := m.methods.LoadOrStore(fullMethod, s); loaded {
@@ -165,6 +181,13 @@ func (m *Metrics) series(fullMethod string, routed bool) *methodSeries {
 	}
 	m.nMethods.Add(1)
 	return s
+}
+
+// labelSafe reports whether s can be a label value: Prometheus panics on
+// invalid UTF-8, and the length bound keeps a client from making each
+// series and scrape as large as its headers.
+func labelSafe(s string) bool {
+	return len(s) <= MaxLabelBytes && utf8.ValidString(s)
 }
 
 func splitMethod(full string) (string, string) {
@@ -204,6 +227,18 @@ func (m *Metrics) HealthChanged(addr, svc string, _, to healthpb.HealthCheckResp
 // WatchStarted implements healthcheck.Events.
 func (m *Metrics) WatchStarted(addr, svc string) {
 	m.watchStarts.WithLabelValues(addr, svc).Inc()
+}
+
+// ForgetBackend deletes every series labelled with the backend addr, so
+// that a backend that has left is no longer exported and a gateway whose
+// backends come and go keeps a bounded number of series. Call it once the
+// backend's health watches have ended: an event reported after it would
+// create the series again.
+func (m *Metrics) ForgetBackend(addr string) {
+	l := prometheus.Labels{"backend": addr}
+	m.transitions.DeletePartialMatch(l)
+	m.watchStarts.DeletePartialMatch(l)
+	m.ejections.DeletePartialMatch(l)
 }
 
 // PickerRebuilt is the balancer's OnRebuild.
