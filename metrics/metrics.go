@@ -221,12 +221,12 @@ func (m *Metrics) CallFinished(c proxy.CallInfo) {
 
 // HealthChanged implements healthcheck.Events.
 func (m *Metrics) HealthChanged(addr, svc string, _, to healthpb.HealthCheckResponse_ServingStatus) {
-	m.transitions.WithLabelValues(addr, svc, to.String()).Inc()
+	m.transitions.WithLabelValues(label(addr), label(svc), to.String()).Inc()
 }
 
 // WatchStarted implements healthcheck.Events.
 func (m *Metrics) WatchStarted(addr, svc string) {
-	m.watchStarts.WithLabelValues(addr, svc).Inc()
+	m.watchStarts.WithLabelValues(label(addr), label(svc)).Inc()
 }
 
 // ForgetBackend deletes every series labelled with the backend addr, so
@@ -235,7 +235,7 @@ func (m *Metrics) WatchStarted(addr, svc string) {
 // backend's health watches have ended: an event reported after it would
 // create the series again.
 func (m *Metrics) ForgetBackend(addr string) {
-	l := prometheus.Labels{"backend": addr}
+	l := prometheus.Labels{"backend": label(addr)}
 	m.transitions.DeletePartialMatch(l)
 	m.watchStarts.DeletePartialMatch(l)
 	m.ejections.DeletePartialMatch(l)
@@ -245,7 +245,7 @@ func (m *Metrics) ForgetBackend(addr string) {
 func (m *Metrics) PickerRebuilt(route string, _ int) { m.rebuilds.WithLabelValues(route).Inc() }
 
 // BackendEjected implements healthcheck.Events.
-func (m *Metrics) BackendEjected(addr string) { m.ejections.WithLabelValues(addr).Inc() }
+func (m *Metrics) BackendEjected(addr string) { m.ejections.WithLabelValues(label(addr)).Inc() }
 
 // ConsulQuery is the Consul source's OnQuery.
 func (m *Metrics) ConsulQuery(kind string, took time.Duration, err error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -12,9 +13,18 @@ import (
 	"google.golang.org/grpc/peer"
 )
 
-// forward is the one place that calls outgoingMD, so that a change of its
-// signature (trusted proxies, B17) changes one line of this test.
-func forward(ctx context.Context) metadata.MD { return outgoingMD(ctx) }
+// everyone is a trusted-proxies list that trusts every client.
+var everyone = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+
+// forward rewrites the call's metadata as the proxy does.
+func forward(ctx context.Context, trustAll bool) metadata.MD {
+	md, from := requestMD(ctx)
+	var trusted []netip.Prefix
+	if trustAll {
+		trusted = everyone
+	}
+	return outgoingMD(md, from, trusted)
+}
 
 // FuzzOutgoingMD sends arbitrary client metadata through the rewrite that
 // every proxied call's headers go through. raw is "key: value" lines, so
@@ -35,10 +45,11 @@ func FuzzOutgoingMD(f *testing.F) {
 		{"", []byte{1, 2, 3}, 0, ""},
 		{"\xff\xff\n\xb0\xff\n\xb0\xff", []byte{0xc0}, 499, ""},
 	} {
-		f.Add(s.raw, s.ip, s.port, s.zone, true)
+		f.Add(s.raw, s.ip, s.port, s.zone, true, false)
+		f.Add(s.raw, s.ip, s.port, s.zone, true, true)
 	}
-	f.Add("x-forwarded-for: 1.2.3.4", []byte(nil), uint16(0), "", false)
-	f.Fuzz(func(t *testing.T, raw string, ip []byte, port uint16, zone string, withPeer bool) {
+	f.Add("x-forwarded-for: 1.2.3.4", []byte(nil), uint16(0), "", false, false)
+	f.Fuzz(func(t *testing.T, raw string, ip []byte, port uint16, zone string, withPeer, trustAll bool) {
 		in := metadata.MD{}
 		for line := range strings.SplitSeq(raw, "\n") {
 			k, v, _ := strings.Cut(line, ": ")
@@ -60,23 +71,39 @@ func FuzzOutgoingMD(f *testing.F) {
 		// What the client sent, as the gateway reads it (keys lowercased).
 		sent, _ := metadata.FromIncomingContext(ctx)
 
-		out := forward(ctx)
+		out := forward(ctx, trustAll)
+		// Only a parseable peer address can be trusted.
+		_, perr := netip.ParseAddrPort(addr.String())
+		trusted := trustAll && withPeer && perr == nil
 
 		for _, k := range []string{":authority", "user-agent", "te", "content-type", "grpc-accept-encoding", "grpc-encoding"} {
 			if v, ok := out[k]; ok {
 				t.Fatalf("%q = %q reaches the backend; the backend connection sets it", k, v)
 			}
 		}
-		if a := sent[":authority"]; len(a) > 0 && !slices.Equal(out["x-forwarded-host"], a) {
-			t.Fatalf("x-forwarded-host = %q, want the client's :authority %q", out["x-forwarded-host"], a)
+		wantHost := sent[":authority"]
+		if len(wantHost) > 1 {
+			wantHost = wantHost[:1]
+		}
+		if trusted && len(sent["x-forwarded-host"]) > 0 {
+			wantHost = sent["x-forwarded-host"]
+		}
+		if !slices.Equal(out["x-forwarded-host"], wantHost) {
+			t.Fatalf("x-forwarded-host = %q, want %q (trusted %v)", out["x-forwarded-host"], wantHost, trusted)
 		}
 		xff := out["x-forwarded-for"]
-		if withPeer {
-			if len(xff) == 0 || xff[len(xff)-1] != host {
-				t.Fatalf("x-forwarded-for = %q, want it to end with the peer's host %q", xff, host)
+		switch {
+		case withPeer && trusted:
+			if want := append(slices.Clone(sent["x-forwarded-for"]), host); !slices.Equal(xff, want) {
+				t.Fatalf("x-forwarded-for = %q, want a trusted proxy's %q with the peer appended", xff, sent["x-forwarded-for"])
 			}
-			if len(xff) > len(sent["x-forwarded-for"])+1 {
-				t.Fatalf("x-forwarded-for = %q from the client's %q: more than the peer added", xff, sent["x-forwarded-for"])
+		case withPeer:
+			if !slices.Equal(xff, []string{host}) {
+				t.Fatalf("x-forwarded-for = %q, want only the peer's host %q: an untrusted client's value is replaced (B17)", xff, host)
+			}
+		default:
+			if len(xff) != 0 {
+				t.Fatalf("x-forwarded-for = %q without a peer, want none", xff)
 			}
 		}
 		if again, _ := metadata.FromIncomingContext(ctx); !maps.EqualFunc(again, sent, slices.Equal) {
