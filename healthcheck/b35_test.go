@@ -16,23 +16,34 @@ import (
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
-// events counts what the checker reports, for B35: how many times each
-// backend was ejected.
+// events counts what the checker reports: how many times each backend was
+// ejected, and which were removed.
 type events struct {
 	mu      sync.Mutex
-	ejected map[string]int // guarded by mu
+	ejected map[string]int  // guarded by mu
+	removed map[string]bool // guarded by mu
 }
 
-func newEvents() *events { return &events{ejected: map[string]int{}} }
+func newEvents() *events { return &events{ejected: map[string]int{}, removed: map[string]bool{}} }
 
 func (e *events) HealthChanged(string, string, healthpb.HealthCheckResponse_ServingStatus, healthpb.HealthCheckResponse_ServingStatus) {
 }
 func (e *events) WatchStarted(string, string) {}
-func (e *events) BackendRemoved(string)       {}
 func (e *events) BackendEjected(addr string) {
 	e.mu.Lock()
 	e.ejected[addr]++
 	e.mu.Unlock()
+}
+func (e *events) BackendRemoved(addr string) {
+	e.mu.Lock()
+	e.removed[addr] = true
+	e.mu.Unlock()
+}
+
+func (e *events) wasRemoved(addr string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.removed[addr]
 }
 
 // ejections returns the ejections so far, by address, and their total.
