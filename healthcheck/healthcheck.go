@@ -31,8 +31,10 @@ import (
 
 // MetaHealthService is the discovery metadata key (Consul service meta)
 // with which an instance names the grpc.health.v1 service the gateway asks
-// it about; "" is allowed and asks for the server's overall health.
-const MetaHealthService = "healthgate.health_service"
+// it about; "" is allowed and asks for the server's overall health. Consul
+// accepts only letters, digits, '_' and '-' in meta keys: a dotted key is
+// refused at registration ("Key contains invalid characters").
+const MetaHealthService = "healthgate_health_service"
 
 // Config tunes health checking. DialOptions is required; the other zero
 // values are documented defaults.

@@ -119,8 +119,8 @@ func (b *Handle) Done(o Outcome) {
 }
 
 // eject takes b out of rotation for the ejection time, unless it is out
-// already or a route it serves would be left with more than its share of
-// ejected backends.
+// already, no route lists it any more, or a route it serves would be left
+// with more than its share of ejected backends.
 func (c *Checker) eject(b *Handle, cfg *OutlierConfig, reason string) {
 	st := c.latest.Load()
 	now := time.Now()
@@ -129,6 +129,11 @@ func (c *Checker) eject(b *Handle, cfg *OutlierConfig, reason string) {
 		c.ejectMu.Unlock()
 		return
 	}
+	// A backend that is leaving, or already closed and forgotten, takes no
+	// new calls: ejecting it would change nothing but report an ejection
+	// (a metric series) for a backend whose series are gone. Its calls cut
+	// at the end of its drain are what fail here.
+	listed := false
 	if st != nil {
 		for _, r := range st.Routes {
 			total, out, member := 0, 0, false
@@ -144,6 +149,7 @@ func (c *Checker) eject(b *Handle, cfg *OutlierConfig, reason string) {
 					out++
 				}
 			}
+			listed = listed || member
 			if member && (out+1)*100 > total*cfg.MaxEjectionPercent {
 				c.ejectMu.Unlock()
 				b.log.Warn("backend keeps failing but is not ejected: its route is at max_ejection_percent",
@@ -151,6 +157,10 @@ func (c *Checker) eject(b *Handle, cfg *OutlierConfig, reason string) {
 				return
 			}
 		}
+	}
+	if !listed {
+		c.ejectMu.Unlock()
+		return
 	}
 	n := min(b.ejectionsInRow.Add(1), 10)
 	d := cfg.Ejection * time.Duration(n)
