@@ -158,10 +158,11 @@ func TestB29_PerInstanceHealthServiceName(t *testing.T) {
 		t.Fatalf("bare got %d calls, want the 1 made", got)
 	}
 
-	// A second instance names a service its server does not know.
+	// A second instance names a service its server does not know, with the
+	// tag form (the spelling of the route tag).
 	full := testutil.StartBackend(t) // knows "" and test.Svc
 	fullReg := testutil.RouteReg("full", "svc", full.Addr, svc)
-	fullReg.Meta = map[string]string{healthcheck.MetaHealthService: "no.Such"}
+	fullReg.Tags = append(fullReg.Tags, healthcheck.TagHealthService+"no.Such")
 	register(fullReg)
 	testutil.WaitFor(t, 15*time.Second, `full to answer SERVICE_UNKNOWN for "no.Such"`, func() bool {
 		b, ok := g.State().Backend(svc, full.Addr)

@@ -432,7 +432,7 @@ func (b *Handle) watchOnce(ctx context.Context, client healthpb.HealthClient, sv
 
 // setNameHint is how a user makes a backend's health server and the
 // gateway agree on a name.
-const setNameHint = `register the instance with Consul service meta ` + MetaHealthService + `=<name> ("" asks for the server's overall health), or set routes[].health_service`
+const setNameHint = `register the instance with Consul service meta ` + MetaHealthService + `=<name> (or tag ` + TagHealthService + `<name>; "" asks for the server's overall health), or set routes[].health_service`
 
 func statusReason(st healthpb.HealthCheckResponse_ServingStatus, svc string) string {
 	switch st {

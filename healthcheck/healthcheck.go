@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,13 @@ import (
 // accepts only letters, digits, '_' and '-' in meta keys: a dotted key is
 // refused at registration ("Key contains invalid characters").
 const MetaHealthService = "healthgate_health_service"
+
+// TagHealthService is the tag prefix that does the same as
+// MetaHealthService, in the spelling of the route tag: a tag
+// "healthgate.health_service=<name>" ("healthgate.health_service=" for "").
+// Tags take dots, so this is the form to use where a dotted name is wanted;
+// the meta wins when an instance has both.
+const TagHealthService = "healthgate.health_service="
 
 // Config tunes health checking. DialOptions is required; the other zero
 // values are documented defaults.
@@ -83,6 +91,11 @@ func (rc RouteConfig) healthService(route string, ep discovery.Endpoint) string 
 	}
 	if s, ok := ep.Meta[MetaHealthService]; ok {
 		return s
+	}
+	for _, t := range ep.Tags {
+		if s, ok := strings.CutPrefix(t, TagHealthService); ok {
+			return s
+		}
 	}
 	return rc.defaultHealthService(route)
 }
