@@ -6,17 +6,12 @@ CONSUL   = $(shell ./scripts/consul.sh)
 
 .PHONY: all build test vet fmt-check consul demo run bench bench-quick clean fuzz
 
-# FUZZ_TARGETS is every fuzz test, as package:Target; go test -fuzz takes
-# one target per run. make test fuzzes each for FUZZTIME_TEST, make fuzz
-# for FUZZTIME. A failing input is written to the package's
-# testdata/fuzz/, where plain go test replays it from then on.
+# FUZZ_TARGETS is every fuzz test, as package:Target. make test fuzzes each
+# for FUZZTIME_TEST, make fuzz for FUZZTIME. A failing input is written to
+# the package's testdata/fuzz/, where plain go test replays it from then on.
 FUZZ_TARGETS  := metrics:FuzzMethodLabels balancer:FuzzServiceOf proxy:FuzzOutgoingMD config:FuzzConfigParse
 FUZZTIME_TEST ?= 3s
 FUZZTIME      ?= 60s
-run-fuzz = set -e; for t in $(FUZZ_TARGETS); do \
-	echo "fuzz $${t\#*:} ($(1))"; \
-	$(GO) test -run='^$$' -fuzz="^$${t\#*:}\$$" -fuzztime=$(1) ./$${t%%:*}; \
-	done
 
 all: build
 
@@ -42,11 +37,11 @@ vet:
 test: consul fmt-check vet
 	HEALTHGATE_CONSUL=$(CONSUL) $(GO) test -race -count=1 ./...
 	HEALTHGATE_CONSUL=$(CONSUL) $(GO) test -race -count=1 -v -run 'TestConsulSmoke' ./internal/testutil/
-	@$(call run-fuzz,$(FUZZTIME_TEST))
+	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME_TEST) $(FUZZ_TARGETS)
 
 # fuzz: each fuzz target for FUZZTIME (make fuzz FUZZTIME=10m).
 fuzz:
-	@$(call run-fuzz,$(FUZZTIME))
+	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
 # demo: Consul, two example Login backends that register themselves, and
 # healthgate; then a client walks through the health flips and everything
