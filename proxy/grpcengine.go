@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -62,26 +61,39 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	md, from := requestMD(ctx)
+	reqMD, from := requestMD(ctx)
 	opts := p.callOpts
-	if ct := md["content-type"]; len(ct) > 0 {
+	if ct := reqMD["content-type"]; len(ct) > 0 {
 		if sub := contentSubtype(ct[0]); sub != "" {
 			opts = append(opts[:len(opts):len(opts)], grpc.CallContentSubtype(sub))
 		}
 	}
-	outCtx := metadata.NewOutgoingContext(ctx, outgoingMD(md, from, p.cfg.TrustedProxies))
+	outCtx := metadata.NewOutgoingContext(ctx, outgoingMD(reqMD, from, p.cfg.TrustedProxies))
 
 	var (
 		tried []Upstream
 		up    Upstream
 		cs    grpc.ClientStream
+		md    metadata.MD
+		herr  error
+		// pump reads the client's messages; it outlives an attempt that the
+		// backend did not accept, and replays what it kept to the next.
+		pump     *requests
+		stopLast context.CancelFunc = func() {}
 	)
+	defer func() { stopLast() }()
+	release := func() {
+		if pump != nil {
+			pump.release()
+		}
+	}
 	for {
 		var err error
 		up, err = p.picker.Pick(ctx, method, tried)
 		if err != nil {
 			st := pickStatus(err)
 			info.Routed = st.Code() != codes.Unimplemented
+			release()
 			return finish(st.Err())
 		}
 		info.Attempts++
@@ -89,59 +101,106 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		gu, ok := up.(grpcUpstream)
 		if !ok {
 			up.Done(Outcome{Code: codes.Internal, Origin: Local})
+			release()
 			return finish(status.Errorf(codes.Internal, "healthgate: upstream %s cannot carry grpc streams", up.Addr()))
 		}
-		cs, err = gu.NewStream(outCtx, &streamDesc, method, opts...)
+		// Each attempt has its own context: one the backend did not accept
+		// is let go of without touching the call.
+		attemptCtx, stop := context.WithCancel(outCtx)
+		cs, err = gu.NewStream(attemptCtx, &streamDesc, method, opts...)
 		if err == nil {
-			break
+			if pump == nil {
+				pump = newRequests(ss, cs, cancel, p.cfg.ReplayBufferBytes)
+				go pump.run()
+			} else {
+				pump.switchTo(cs)
+			}
+			// Headers go to the client as soon as the backend sends them,
+			// before any message and whatever follows. grpc-go's Header
+			// returns nil metadata when the call ended before any
+			// header: a trailers-only answer (a status and nothing else),
+			// which the client must get as trailers-only too or its retry
+			// policy would not apply, or a stream that failed, whose error
+			// RecvMsg gives. A stream the backend never processed goes to
+			// another backend while what was sent is kept whole.
+			md, _ = cs.Header()
+			herr = nil
+			if md == nil {
+				var f Frame
+				herr = cs.RecvMsg(&f)
+			}
+			if md != nil || ctx.Err() != nil || !notAccepted(herr) || !pump.replayable() || len(tried)+1 >= p.cfg.MaxAttempts {
+				stopLast = stop
+				break
+			}
+			err = herr
 		}
+		stop()
 		if ctx.Err() != nil {
 			up.Done(Outcome{Code: codes.Canceled, Origin: FromClient})
+			release()
 			return finish(clientError(ctx, arrived, err))
 		}
 		// The backend never saw the call: another one may take it.
 		up.Done(Outcome{Code: codes.Unavailable, Origin: Local})
 		tried = append(tried, up)
 		if len(tried) >= p.cfg.MaxAttempts {
+			release()
 			return finish(status.Errorf(codes.Unavailable, "healthgate: no backend accepted the call after %d attempts (last, %s: %s)",
 				len(tried), up.Addr(), status.Convert(err).Message()))
 		}
 	}
+	// The backend has answered, or failed for good: nothing is sent twice
+	// from here on.
+	pump.release()
 
 	var n byteCounts
-	o, err := p.forward(ctx, cancel, ss, cs, arrived, &n)
+	o, err := p.forward(ctx, ss, cs, md, herr, arrived, &n)
 	up.Done(o)
-	info.RequestBytes, info.ResponseBytes = n.req.Load(), n.resp
+	info.RequestBytes, info.ResponseBytes = pump.bytes.Load(), n.resp
 	return finish(err)
 }
 
-// byteCounts are a call's forwarded payload bytes. Requests are counted on
-// their own goroutine, hence the atomic.
+// notAccepted reports whether a backend stream's error says the backend
+// never processed it: refused (REFUSED_STREAM), or above the last stream
+// of a GOAWAY. grpc-go tells no other way.
+func notAccepted(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable {
+		return false
+	}
+	msg := st.Message()
+	return strings.Contains(msg, "REFUSED_STREAM") || strings.Contains(msg, "rejected because server is draining") ||
+		msg == "the connection is draining"
+}
+
+// byteCounts are a call's forwarded response bytes.
 type byteCounts struct {
-	req  atomic.Int64
 	resp int64
 }
 
-// forward moves the call's messages both ways until it ends, and returns
-// the client's status and the call's outcome on the backend.
-func (p *Proxy) forward(ctx context.Context, cancel context.CancelCauseFunc, ss grpc.ServerStream, cs grpc.ClientStream, arrived time.Time, n *byteCounts) (Outcome, error) {
-	go p.forwardRequests(ss, cs, cancel, &n.req)
-
-	// Headers go to the client as soon as the backend sends them, before any
-	// message and whatever follows. A backend that answers with a
-	// trailers-only response (a status and nothing else) has no headers to
-	// pass on: Header returns nil metadata, and the client must get a
-	// trailers-only response too, or its retry policy would not apply.
-	md, err := cs.Header()
-	if err != nil {
-		// No response header: whatever ended the call, the backend did not
-		// answer in time.
-		o := Outcome{Code: codes.Unavailable, Origin: Local}
-		cerr := clientError(ctx, arrived, err)
-		if ctx.Err() != nil && status.Code(cerr) != codes.DeadlineExceeded {
-			o.Origin = FromClient
+// forward moves the backend's answer to the client until the call ends, and
+// returns the client's status and the call's outcome on the backend. md is
+// what the backend stream's Header returned; when nil, the call has ended
+// and herr is how (io.EOF for OK).
+func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, cs grpc.ClientStream, md metadata.MD, herr error, arrived time.Time, n *byteCounts) (Outcome, error) {
+	if md == nil {
+		// The call ended before any response header; herr is how.
+		ss.SetTrailer(cs.Trailer())
+		if errors.Is(herr, io.EOF) {
+			return Outcome{Code: codes.OK, Origin: FromBackend}, nil
 		}
-		o.Code = status.Code(cerr)
+		cerr := clientError(ctx, arrived, herr)
+		o := Outcome{Code: status.Code(cerr), Origin: FromBackend}
+		switch {
+		case status.Code(cerr) == codes.DeadlineExceeded && ctx.Err() != nil:
+			// The deadline passed and the backend had not answered.
+			o.Origin = Local
+		case ctx.Err() != nil:
+			o.Origin = FromClient
+		case transportFailure(herr):
+			o.Origin = Local
+		}
 		return o, cerr
 	}
 	if md != nil {
@@ -170,33 +229,6 @@ func (p *Proxy) forward(ctx context.Context, cancel context.CancelCauseFunc, ss 
 		if err := ss.SendMsg(&f); err != nil {
 			f.Free()
 			return Outcome{Code: codes.Canceled, Origin: FromClient}, clientError(ctx, arrived, err)
-		}
-	}
-}
-
-// forwardRequests copies the client's messages to the backend until the
-// client half-closes. It ends the backend call when the client side fails,
-// so that the receive loop in forward stops too. It may outlive the handler
-// when the backend ends the call first; grpc ends the client stream then,
-// which unblocks RecvMsg.
-func (p *Proxy) forwardRequests(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelCauseFunc, n *atomic.Int64) {
-	var f Frame
-	for {
-		if err := ss.RecvMsg(&f); err != nil {
-			if errors.Is(err, io.EOF) {
-				// Half-close: the backend sees end-of-stream and answers.
-				cs.CloseSend()
-				return
-			}
-			cancel(err)
-			return
-		}
-		n.Add(int64(f.Len()))
-		if err := cs.SendMsg(&f); err != nil {
-			// The backend has ended the call; its status reaches the
-			// client through RecvMsg in forward.
-			f.Free()
-			return
 		}
 	}
 }

@@ -113,8 +113,14 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// MaxAttempts bounds how many backends one call is sent to when a
 	// backend does not accept it (its connection broke between the pick
-	// and the send, or is not READY). Zero means 3.
+	// and the send, is not READY, or the backend refused the stream or
+	// sent GOAWAY before it). Zero means 3.
 	MaxAttempts int
+	// ReplayBufferBytes bounds the request bytes a call keeps, until the
+	// backend answers, to send again to another backend when the first
+	// did not accept it; a call with more is not sent again. Zero means
+	// DefaultReplayBufferBytes; negative turns keeping off.
+	ReplayBufferBytes int
 }
 
 // Validate reports the first field that cannot be used.
@@ -146,6 +152,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 3
+	}
+	if c.ReplayBufferBytes == 0 {
+		c.ReplayBufferBytes = DefaultReplayBufferBytes
 	}
 	return c
 }
