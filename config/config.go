@@ -11,15 +11,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"gopkg.in/yaml.v3"
 
 	"github.com/healthgate/healthgate/balancer"
 	"github.com/healthgate/healthgate/discovery"
+	"github.com/healthgate/healthgate/healthcheck/healthcheckcfg"
 )
 
 // Config is the whole file. Every field is optional; the zero value of each
@@ -43,30 +42,12 @@ type Config struct {
 	Consul Consul  `yaml:"consul"`
 	Routes []Route `yaml:"routes"`
 	Proxy  Proxy   `yaml:"proxy"`
-	Health Health  `yaml:"health"`
-	// Outlier is passive failure detection.
-	Outlier Outlier `yaml:"outlier_detection"`
+	// Health tunes backend health checking; healthcheck owns it.
+	Health healthcheckcfg.Settings `yaml:"health"`
+	// Outlier is passive failure detection; healthcheck owns it.
+	Outlier healthcheckcfg.Outlier `yaml:"outlier_detection"`
 	// Shutdown tunes the drain on SIGTERM.
 	Shutdown Shutdown `yaml:"shutdown"`
-}
-
-// Outlier ejects a backend whose calls keep failing at the backend itself
-// (connection refused or reset, stream reset, no response header before the
-// deadline) although its health check says SERVING.
-type Outlier struct {
-	// ConsecutiveFailures in a row eject it. Default 5.
-	ConsecutiveFailures int `yaml:"consecutive_failures"`
-	// Ejection is how long, longer each time in a row. Default 30s. It ends
-	// early when the backend reconnects and reports SERVING.
-	Ejection time.Duration `yaml:"ejection"`
-	// MaxEjectionPercent of a route's backends may be out at once, rounded
-	// down. Default 50.
-	MaxEjectionPercent int `yaml:"max_ejection_percent"`
-	// Codes are statuses answered by the backend's application that count
-	// as failures too, by name (UNAVAILABLE). Default none.
-	Codes []string `yaml:"codes"`
-	// Disabled turns passive failure detection off.
-	Disabled bool `yaml:"disabled"`
 }
 
 // Register is the gateway's own registration in Consul, with a Consul gRPC
@@ -139,13 +120,9 @@ type Route struct {
 	ConsulService string `yaml:"consul_service"`
 	// Tags filter ConsulService's instances: each must carry all of them.
 	Tags []string `yaml:"tags"`
-	// HealthService is the grpc.health.v1 service name checked on the
-	// route's backends. Unset means Service ("" for "*"); set it to "" to
-	// check the backends' overall health.
-	HealthService *string `yaml:"health_service"`
-	// MinHealthy is how many routable backends the route needs to report
-	// SERVING in the gateway's own health. Default 1.
-	MinHealthy int `yaml:"min_healthy"`
+	// Health is the route's health_service and min_healthy; healthcheck
+	// owns them.
+	Health healthcheckcfg.RouteConfig `yaml:",inline"`
 	// Policy: round_robin (default) or least_request.
 	Policy balancer.Policy `yaml:"policy"`
 }
@@ -162,35 +139,6 @@ type Proxy struct {
 	// x-forwarded-for and x-forwarded-host are kept and appended to; from
 	// anyone else they are replaced. Default none.
 	TrustedProxies []string `yaml:"trusted_proxies"`
-}
-
-// Health tunes backend health checking.
-type Health struct {
-	// BackoffBase and BackoffMax bound the retry of a failed Watch.
-	// Defaults 1s and 2m.
-	BackoffBase time.Duration `yaml:"backoff_base"`
-	BackoffMax  time.Duration `yaml:"backoff_max"`
-	// DrainGrace is how long a backend that left discovery keeps its
-	// connection for calls in flight, and how long a route that left
-	// discovery answers UNAVAILABLE before it is forgotten. Default 10s.
-	DrainGrace time.Duration `yaml:"drain_grace"`
-	// Liveness finds a backend that stopped answering on an open
-	// connection (a hung or stopped process).
-	Liveness Liveness `yaml:"liveness"`
-}
-
-// Liveness is the probe on every backend connection: a grpc.health.v1
-// Check every Interval that must be answered (with anything) within
-// Timeout, or the backend is "not responding": it leaves the rotation and
-// its connection is cut, so that its calls in flight fail at once. A hang is
-// found within about Interval + Timeout.
-type Liveness struct {
-	// Interval between probes. Default 1s.
-	Interval time.Duration `yaml:"interval"`
-	// Timeout of one probe. Default 2s.
-	Timeout time.Duration `yaml:"timeout"`
-	// Disabled turns the probe off.
-	Disabled bool `yaml:"disabled"`
 }
 
 // Shutdown tunes the drain on SIGTERM: the gateway reports NOT_SERVING at
@@ -259,11 +207,6 @@ func (c *Config) ApplyDefaults() {
 	if c.Shutdown.Grace == 0 {
 		c.Shutdown.Grace = 30 * time.Second
 	}
-	for i := range c.Routes {
-		if c.Routes[i].MinHealthy == 0 {
-			c.Routes[i].MinHealthy = 1
-		}
-	}
 }
 
 // Validate reports the first field that cannot be used, by its path in the
@@ -312,8 +255,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s: neither backends nor consul_service is set", f)
 		case len(r.Tags) > 0 && r.ConsulService == "":
 			return fmt.Errorf("%s.tags: tags filter consul_service, which is not set", f)
-		case r.MinHealthy < 0:
-			return fmt.Errorf("%s.min_healthy: must not be negative, got %d", f, r.MinHealthy)
+		}
+		if err := r.Health.Validate(); err != nil {
+			return fmt.Errorf("%s.%w", f, err)
 		}
 		if j, dup := seen[r.Service]; dup {
 			return fmt.Errorf("%s.service: %q is already routed by routes[%d]", f, r.Service, j)
@@ -333,28 +277,19 @@ func (c *Config) Validate() error {
 		v     time.Duration
 	}{
 		{"proxy.default_timeout", c.Proxy.DefaultTimeout},
-		{"health.backoff_base", c.Health.BackoffBase},
-		{"health.backoff_max", c.Health.BackoffMax},
-		{"health.drain_grace", c.Health.DrainGrace},
-		{"health.liveness.interval", c.Health.Liveness.Interval},
-		{"health.liveness.timeout", c.Health.Liveness.Timeout},
 		{"shutdown.drain_delay", c.Shutdown.DrainDelay},
 		{"shutdown.grace", c.Shutdown.Grace},
 		{"register.interval", c.Register.Interval},
-		{"outlier_detection.ejection", c.Outlier.Ejection},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("%s: must not be negative, got %s", d.field, d.v)
 		}
 	}
-	if c.Outlier.ConsecutiveFailures < 0 {
-		return fmt.Errorf("outlier_detection.consecutive_failures: must not be negative, got %d", c.Outlier.ConsecutiveFailures)
+	if err := c.Health.Validate(); err != nil {
+		return fmt.Errorf("health.%w", err)
 	}
-	if p := c.Outlier.MaxEjectionPercent; p < 0 || p > 100 {
-		return fmt.Errorf("outlier_detection.max_ejection_percent: must be within 0-100, got %d", p)
-	}
-	if _, err := c.Outlier.ParseCodes(); err != nil {
-		return err
+	if err := c.Outlier.Validate(); err != nil {
+		return fmt.Errorf("outlier_detection.%w", err)
 	}
 	if _, err := c.Proxy.ParseTrustedProxies(); err != nil {
 		return err
@@ -438,19 +373,6 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// ParseCodes turns Codes into gRPC codes.
-func (o Outlier) ParseCodes() ([]codes.Code, error) {
-	out := make([]codes.Code, 0, len(o.Codes))
-	for i, name := range o.Codes {
-		var c codes.Code
-		if err := c.UnmarshalJSON([]byte(strconv.Quote(strings.ToUpper(name)))); err != nil || c == codes.OK {
-			return nil, fmt.Errorf("outlier_detection.codes[%d]: %q is not a gRPC status code name other than OK (UNAVAILABLE, DEADLINE_EXCEEDED, ...)", i, name)
-		}
-		out = append(out, c)
-	}
-	return out, nil
 }
 
 // ParseTrustedProxies turns TrustedProxies into prefixes; a bare address is

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/healthgate/healthgate/config"
+	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
@@ -85,7 +86,7 @@ func TestB44_ReadyzFollowsSyncAndDrainNotRoutes(t *testing.T) {
 	a, b := testutil.StartBackend(t), testutil.StartBackend(t)
 	cfg := consulCfg(c.Addr)
 	cfg.Consul.DisableAutoRoutes = true
-	cfg.Routes = []config.Route{{Service: testutil.TestService, ConsulService: "svc", MinHealthy: 2}}
+	cfg.Routes = []config.Route{{Service: testutil.TestService, ConsulService: "svc", Health: healthcheck.RouteConfig{MinHealthy: 2}}}
 	const drainDelay = time.Second
 	cfg.Shutdown.DrainDelay = drainDelay
 	rec, logger := testutil.NewLogRecorder(t)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/healthgate/healthgate/config"
+	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
@@ -67,7 +68,7 @@ func TestB14_GatewayClosingTheConnectionIsUnavailable(t *testing.T) {
 	a, b := testutil.StartBackend(t), testutil.StartBackend(t)
 	cfg := config.Config{
 		Routes: []config.Route{{Service: testutil.TestService, Backends: []string{a.Addr}}},
-		Health: config.Health{DrainGrace: 300 * time.Millisecond},
+		Health: healthcheck.Settings{DrainGrace: 300 * time.Millisecond},
 	}
 	h := startGateway(t, cfg)
 	h.routable(t, testutil.TestService, 1)

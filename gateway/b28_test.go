@@ -457,14 +457,14 @@ func TestB28_OneTruthAgreesAtEveryVersion(t *testing.T) {
 	cfg := config.Config{
 		Routes: []config.Route{
 			{Service: svc, Backends: []string{b1.Addr, b2.Addr, b3.Addr}},
-			{Service: minRoute, Backends: []string{m1.Addr, m2.Addr}, MinHealthy: 2},
+			{Service: minRoute, Backends: []string{m1.Addr, m2.Addr}, Health: healthcheck.RouteConfig{MinHealthy: 2}},
 		},
-		Outlier: config.Outlier{
+		Outlier: healthcheck.OutlierConfig{
 			ConsecutiveFailures: 2, Ejection: ejection, MaxEjectionPercent: 100, Codes: []string{"UNAVAILABLE"},
 		},
 		// A backend a reload drops stays in the table, draining, for the
 		// rest of the test.
-		Health:   config.Health{DrainGrace: time.Minute},
+		Health:   healthcheck.Settings{DrainGrace: time.Minute},
 		Shutdown: config.Shutdown{DrainDelay: drainDelay},
 	}
 	g := gatewaytest.Start(t, cfg, nil)

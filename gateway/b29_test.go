@@ -178,7 +178,7 @@ func TestB29_PerInstanceHealthServiceName(t *testing.T) {
 	hs := svc
 	cfg := consulCfg(c.Addr)
 	cfg.Consul.DisableAutoRoutes = true
-	cfg.Routes = []config.Route{{Service: svc, ConsulService: "svc", HealthService: &hs}}
+	cfg.Routes = []config.Route{{Service: svc, ConsulService: "svc", Health: healthcheck.RouteConfig{HealthService: &hs}}}
 	cfg.Shutdown.DrainDelay = time.Millisecond // as gatewaytest.Start set it
 	if restart, err := g.Reload(cfg); err != nil || len(restart) > 0 {
 		t.Fatalf("reload: %v, needs restart %v; want it applied live", err, restart)

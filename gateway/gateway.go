@@ -69,7 +69,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("gateway: config: %w", err)
 	}
-	cfg.ApplyDefaults()
+	cfg = effective(cfg)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -87,16 +87,11 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	}
 	g.source = discovery.NewSwitch(p.source)
 	g.checker, err = healthcheck.New(healthcheck.Config{
+		Settings:    cfg.Health,
 		Routes:      p.routes,
+		Outlier:     cfg.Outlier,
 		DialOptions: backendDialOptions(),
-		BackoffBase: cfg.Health.BackoffBase,
-		BackoffMax:  cfg.Health.BackoffMax,
-		DrainGrace:  cfg.Health.DrainGrace,
-		Outlier:     p.outlier,
-		Liveness: healthcheck.LivenessConfig{
-			Interval: cfg.Health.Liveness.Interval, Timeout: cfg.Health.Liveness.Timeout, Disable: cfg.Health.Liveness.Disabled,
-		},
-		Events: g.metrics,
+		Events:      g.metrics,
 	}, logger)
 	if err != nil {
 		return nil, err
@@ -124,31 +119,29 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	return g, nil
 }
 
+// effective is cfg with every default filled in, each section's by the
+// stage that owns it: what runs, what the admin endpoint shows, and what a
+// reload compares against, so that writing out a default is no change.
+func effective(cfg config.Config) config.Config {
+	cfg.ApplyDefaults()
+	cfg.Health = cfg.Health.WithDefaults()
+	cfg.Outlier = cfg.Outlier.WithDefaults()
+	return cfg
+}
+
 // plan is what the stages are configured with, derived from a config.
 type plan struct {
 	source   discovery.Source
 	routes   map[string]healthcheck.RouteConfig
-	outlier  healthcheck.OutlierConfig
 	balancer balancer.Config
 }
 
 func (g *Gateway) plan(cfg config.Config) (plan, error) {
 	p := plan{routes: map[string]healthcheck.RouteConfig{}}
 	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt}
-	codes, err := cfg.Outlier.ParseCodes()
-	if err != nil {
-		return plan{}, err
-	}
-	p.outlier = healthcheck.OutlierConfig{
-		Disabled:            cfg.Outlier.Disabled,
-		ConsecutiveFailures: cfg.Outlier.ConsecutiveFailures,
-		Ejection:            cfg.Outlier.Ejection,
-		MaxEjectionPercent:  cfg.Outlier.MaxEjectionPercent,
-		Codes:               codes,
-	}
 	for _, r := range cfg.Routes {
 		p.balancer.Policies[r.Service] = r.Policy
-		p.routes[r.Service] = healthcheck.RouteConfig{HealthService: r.HealthService, MinHealthy: r.MinHealthy}
+		p.routes[r.Service] = r.Health
 	}
 	src, err := sources(cfg, g.log, g.metrics)
 	if err != nil {
@@ -320,7 +313,7 @@ func (g *Gateway) Reload(cfg config.Config) (needRestart []string, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("gateway: reload: %w", err)
 	}
-	cfg.ApplyDefaults()
+	cfg = effective(cfg)
 	p, err := g.plan(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: reload: %w", err)
@@ -333,7 +326,7 @@ func (g *Gateway) Reload(cfg config.Config) (needRestart []string, err error) {
 	g.cfg = kept
 	g.mu.Unlock()
 
-	if err := g.checker.SetOutlier(p.outlier); err != nil {
+	if err := g.checker.SetOutlier(cfg.Outlier); err != nil {
 		return nil, fmt.Errorf("gateway: reload: %w", err)
 	}
 	if err := g.checker.SetRoutes(p.routes); err != nil {

@@ -8,13 +8,14 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/healthgate/healthgate/config"
+	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
 func TestB40_RouteHealthFollowsMinHealthy(t *testing.T) {
 	a, b := testutil.StartBackend(t), testutil.StartBackend(t)
 	h := startGateway(t, config.Config{Routes: []config.Route{
-		{Service: testutil.TestService, Backends: []string{a.Addr, b.Addr}, MinHealthy: 2},
+		{Service: testutil.TestService, Backends: []string{a.Addr, b.Addr}, Health: healthcheck.RouteConfig{MinHealthy: 2}},
 	}})
 	hc := healthpb.NewHealthClient(testutil.Dial(t, h.addr))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/healthgate/healthgate/admin"
 	"github.com/healthgate/healthgate/config"
+	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
@@ -24,7 +25,7 @@ func TestB35_ApplicationAnswersDoNotEjectByDefault(t *testing.T) {
 	bad.FailWith.Store(int32(codes.Unavailable))
 	h := startGateway(t, config.Config{
 		Routes:  []config.Route{{Service: testutil.TestService, Backends: []string{good.Addr, bad.Addr}}},
-		Outlier: config.Outlier{ConsecutiveFailures: 3, Ejection: time.Minute},
+		Outlier: healthcheck.OutlierConfig{ConsecutiveFailures: 3, Ejection: time.Minute},
 	})
 	h.routable(t, testutil.TestService, 2)
 	cc := testutil.Dial(t, h.addr)
@@ -52,7 +53,7 @@ func TestPassiveFailureDetectionEjectsOnConfiguredCodes(t *testing.T) {
 	bad.FailWith.Store(int32(codes.Unavailable))
 	h := startGateway(t, config.Config{
 		Routes:  []config.Route{{Service: testutil.TestService, Backends: []string{good.Addr, bad.Addr}}},
-		Outlier: config.Outlier{ConsecutiveFailures: 3, Ejection: time.Minute, Codes: []string{"UNAVAILABLE"}},
+		Outlier: healthcheck.OutlierConfig{ConsecutiveFailures: 3, Ejection: time.Minute, Codes: []string{"UNAVAILABLE"}},
 	})
 	h.routable(t, testutil.TestService, 2)
 	cc := testutil.Dial(t, h.addr)

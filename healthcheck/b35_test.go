@@ -285,7 +285,7 @@ func TestB35_WhatCountsAsAFailure(t *testing.T) {
 	one := func(o healthcheck.Outcome) []healthcheck.Outcome { return []healthcheck.Outcome{o} }
 	for _, tc := range []struct {
 		name     string
-		codes    []codes.Code
+		codes    []string
 		disabled bool
 		outcomes []healthcheck.Outcome
 		want     bool
@@ -293,8 +293,8 @@ func TestB35_WhatCountsAsAFailure(t *testing.T) {
 		{"local failures in a row eject", nil, false, rep(local, threshold), true},
 		{"one short of the threshold does not", nil, false, rep(local, threshold-1), false},
 		{"application UNAVAILABLE does not count by default", nil, false, rep(appUnav, 10*threshold), false},
-		{"a configured application code counts", []codes.Code{codes.Unavailable}, false, rep(appUnav, threshold), true},
-		{"other application codes do not", []codes.Code{codes.Unavailable}, false, rep(appIntl, 10*threshold), false},
+		{"a configured application code counts", []string{"UNAVAILABLE"}, false, rep(appUnav, threshold), true},
+		{"other application codes do not", []string{"UNAVAILABLE"}, false, rep(appIntl, 10*threshold), false},
 		{"client cancels and deadlines say nothing of the backend", nil, false, seq(rep(cancel, 10*threshold), rep(deadline, 10*threshold)), false},
 		{"an OK answer starts the count over", nil, false, seq(rep(local, threshold-1), one(answerOK), rep(local, threshold-1)), false},
 		{"an application error answer starts it over too", nil, false, seq(rep(local, threshold-1), one(appNotFd), rep(local, threshold-1)), false},

@@ -32,7 +32,7 @@ func TestB36_LeftBackendIsNotEjected(t *testing.T) {
 			ev := newEvents()
 			src := discovery.NewSwitch(discovery.Static{route: {a.Addr, b.Addr}})
 			st := startChecker(t, healthcheck.Config{
-				DrainGrace: tc.grace, Events: ev,
+				Settings: healthcheck.Settings{DrainGrace: tc.grace}, Events: ev,
 				Outlier: healthcheck.OutlierConfig{ConsecutiveFailures: threshold, Ejection: time.Minute, MaxEjectionPercent: 100},
 			}, src, nil)
 			p, _ := st.await(t, 0, "both backends routable", func(s *healthcheck.State) bool { return s.Routes[route].Routable == 2 })

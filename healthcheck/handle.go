@@ -242,7 +242,7 @@ func (b *Handle) setAlive(alive bool, reason string) {
 // became READY; b.mu is held.
 func (b *Handle) startProbeLocked() {
 	lc := b.c.cfg.Liveness
-	if lc.Disable {
+	if lc.Disabled {
 		return
 	}
 	ctx, cancel := context.WithCancel(b.ctx)

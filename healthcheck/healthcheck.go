@@ -28,6 +28,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/healthgate/healthgate/discovery"
+	"github.com/healthgate/healthgate/healthcheck/healthcheckcfg"
 )
 
 // MetaHealthService is the discovery metadata key (Consul service meta)
@@ -44,48 +45,34 @@ const MetaHealthService = "healthgate_health_service"
 // the meta wins when an instance has both.
 const TagHealthService = "healthgate.health_service="
 
+// Settings is the health: section of the config file; see healthcheckcfg
+// for why it is defined there.
+type Settings = healthcheckcfg.Settings
+
+// RouteConfig is one route's settings, the health keys of a routes: item.
+type RouteConfig = healthcheckcfg.RouteConfig
+
 // Config tunes health checking. DialOptions is required; the other zero
 // values are documented defaults.
 type Config struct {
+	// Settings is what the config file sets.
+	Settings
 	// Routes holds per-route settings; a route not listed has the zero
 	// RouteConfig.
 	Routes map[string]RouteConfig
+	// Outlier is passive failure detection.
+	Outlier OutlierConfig
 	// DialOptions are used for every backend connection. They must carry
 	// transport credentials.
 	DialOptions []grpc.DialOption
-	// BackoffBase and BackoffMax bound the jittered exponential backoff
-	// between attempts of a failed Watch. Zero means 1s and 2m, the
-	// connection backoff A17 reuses.
-	BackoffBase, BackoffMax time.Duration
-	// DrainGrace is how long a backend that discovery no longer lists keeps
-	// its connection for the calls still in flight on it, and how long a
-	// route that discovery no longer lists keeps answering UNAVAILABLE
-	// before its calls become UNIMPLEMENTED. Zero means 10s.
-	DrainGrace time.Duration
-	// Outlier is passive failure detection.
-	Outlier OutlierConfig
-	// Liveness is the probe that finds a backend that stopped answering on
-	// an open connection.
-	Liveness LivenessConfig
 	// Events, if set, is told of what the checker sees happen.
 	Events Events
 }
 
-// RouteConfig is one route's settings.
-type RouteConfig struct {
-	// HealthService, when set, is the grpc.health.v1 name watched on every
-	// backend of the route. Nil means the instance's MetaHealthService if
-	// it has one, else the route's own name ("" for the default route).
-	HealthService *string
-	// MinHealthy is how many routable backends the route needs to report
-	// SERVING. Zero means 1.
-	MinHealthy int
-}
-
-func (rc RouteConfig) minHealthy() int { return max(rc.MinHealthy, 1) }
+func minHealthy(rc RouteConfig) int { return rc.WithDefaults().MinHealthy }
 
 // healthService is the name watched for ep on route.
-func (rc RouteConfig) healthService(route string, ep discovery.Endpoint) string {
+func healthService(rc RouteConfig, route string, ep discovery.Endpoint) string {
 	if rc.HealthService != nil {
 		return *rc.HealthService
 	}
@@ -97,10 +84,10 @@ func (rc RouteConfig) healthService(route string, ep discovery.Endpoint) string 
 			return s
 		}
 	}
-	return rc.defaultHealthService(route)
+	return defaultHealthService(rc, route)
 }
 
-func (rc RouteConfig) defaultHealthService(route string) string {
+func defaultHealthService(rc RouteConfig, route string) string {
 	if rc.HealthService != nil {
 		return *rc.HealthService
 	}
@@ -126,42 +113,33 @@ type Events interface {
 
 // Validate reports the first field that cannot be used.
 func (c Config) Validate() error {
-	switch {
-	case len(c.DialOptions) == 0:
+	if len(c.DialOptions) == 0 {
 		return errors.New("dial options: none given (transport credentials are required)")
-	case c.BackoffBase < 0:
-		return fmt.Errorf("backoff_base: must not be negative, got %s", c.BackoffBase)
-	case c.BackoffMax < 0:
-		return fmt.Errorf("backoff_max: must not be negative, got %s", c.BackoffMax)
-	case c.DrainGrace < 0:
-		return fmt.Errorf("drain_grace: must not be negative, got %s", c.DrainGrace)
 	}
-	for name, rc := range c.Routes {
-		if rc.MinHealthy < 0 {
-			return fmt.Errorf("route %q: min_healthy: must not be negative, got %d", name, rc.MinHealthy)
-		}
+	if err := c.Settings.Validate(); err != nil {
+		return err
+	}
+	if err := validateRoutes(c.Routes); err != nil {
+		return err
 	}
 	if err := c.Outlier.Validate(); err != nil {
 		return fmt.Errorf("outlier_detection.%w", err)
 	}
-	return c.Liveness.Validate()
+	return nil
+}
+
+func validateRoutes(m map[string]RouteConfig) error {
+	for name, rc := range m {
+		if err := rc.Validate(); err != nil {
+			return fmt.Errorf("route %q: %w", name, err)
+		}
+	}
+	return nil
 }
 
 func (c Config) withDefaults() Config {
-	if c.BackoffBase == 0 {
-		c.BackoffBase = time.Second
-	}
-	if c.BackoffMax == 0 {
-		c.BackoffMax = 2 * time.Minute
-	}
-	if c.BackoffMax < c.BackoffBase {
-		c.BackoffMax = c.BackoffBase
-	}
-	if c.DrainGrace == 0 {
-		c.DrainGrace = 10 * time.Second
-	}
-	c.Outlier = c.Outlier.withDefaults()
-	c.Liveness = c.Liveness.withDefaults()
+	c.Settings = c.Settings.WithDefaults()
+	c.Outlier = c.Outlier.WithDefaults()
 	return c
 }
 
@@ -173,7 +151,7 @@ type Checker struct {
 	alive atomic.Bool // Run is running; guards against a second Run
 
 	// outlier is the passive detection in force, read by every call's Done.
-	outlier atomic.Pointer[OutlierConfig]
+	outlier atomic.Pointer[outlierPolicy]
 	// latest is the last published State, for ejection decisions.
 	latest atomic.Pointer[State]
 	// ejectMu guards the ejection fields of every Handle: a decision to
@@ -210,17 +188,14 @@ func New(cfg Config, logger *slog.Logger) (*Checker, error) {
 		dirty:   map[string]struct{}{},
 		drained: make(chan struct{}),
 	}
-	o := cfg.Outlier
-	c.outlier.Store(&o)
+	c.outlier.Store(newOutlierPolicy(cfg.Outlier))
 	return c, nil
 }
 
 // SetRoutes replaces Config.Routes; Watches and the table follow at once.
 func (c *Checker) SetRoutes(m map[string]RouteConfig) error {
-	for name, rc := range m {
-		if rc.MinHealthy < 0 {
-			return fmt.Errorf("healthcheck: route %q: min_healthy: must not be negative, got %d", name, rc.MinHealthy)
-		}
+	if err := validateRoutes(m); err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
 	}
 	c.mu.Lock()
 	c.routes = maps.Clone(m)
@@ -236,8 +211,7 @@ func (c *Checker) SetOutlier(o OutlierConfig) error {
 	if err := o.Validate(); err != nil {
 		return fmt.Errorf("healthcheck: outlier_detection.%w", err)
 	}
-	o = o.withDefaults()
-	c.outlier.Store(&o)
+	c.outlier.Store(newOutlierPolicy(o.WithDefaults()))
 	return nil
 }
 
@@ -412,7 +386,7 @@ func (r *run) reconcile(ctx context.Context, now time.Time, fresh bool) {
 			if want[ep.Addr] == nil {
 				want[ep.Addr] = map[string]bool{}
 			}
-			want[ep.Addr][rc.healthService(route, ep)] = true
+			want[ep.Addr][healthService(rc, route, ep)] = true
 		}
 	}
 	until := now.Add(c.cfg.DrainGrace)
@@ -603,7 +577,7 @@ func (r *run) build(now time.Time, prev *State, full bool, dirty map[string]stru
 func (r *run) buildRoute(now time.Time, name string, eps, leavingEps []discovery.Endpoint, gone, draining bool) *Route {
 	rc := r.routes[name]
 	rt := &Route{
-		Name: name, HealthService: rc.defaultHealthService(name), MinHealthy: rc.minHealthy(),
+		Name: name, HealthService: defaultHealthService(rc, name), MinHealthy: minHealthy(rc),
 		Gone: gone, Backends: make([]Backend, 0, len(eps)+len(leavingEps)),
 	}
 	add := func(ep discovery.Endpoint, leavingWhy string) {
@@ -611,7 +585,7 @@ func (r *run) buildRoute(now time.Time, name string, eps, leavingEps []discovery
 		if !ok {
 			return
 		}
-		svc := rc.healthService(name, ep)
+		svc := healthService(rc, name, ep)
 		f := h.facts(svc)
 		f.leaving = leavingWhy
 		if !h.ejectedUntil.IsZero() {

@@ -560,7 +560,7 @@ func TestB23_NoHealthServiceIsServingLoggedOnceNotRetried(t *testing.T) {
 	const base = 10 * time.Millisecond
 	srv := serve(t, listen(t, "127.0.0.1:0"), nil)
 	logs, logger := testutil.NewLogRecorder(t)
-	st := startChecker(t, healthcheck.Config{BackoffBase: base, BackoffMax: 4 * base}, discovery.Static{route: {srv.Addr}}, logger)
+	st := startChecker(t, healthcheck.Config{Settings: healthcheck.Settings{BackoffBase: base, BackoffMax: 4 * base}}, discovery.Static{route: {srv.Addr}}, logger)
 
 	srv.watches.next(t)
 	p, _ := st.await(t, 0, "the backend without a health service to be routable", isRoutable(route, srv.Addr))
@@ -658,7 +658,7 @@ func TestB24_FailedWatchUnroutableRetriedWithBackoff(t *testing.T) {
 			}
 		}}
 		srv := serve(t, listen(t, "127.0.0.1:0"), hs)
-		st := startChecker(t, healthcheck.Config{BackoffBase: base, BackoffMax: 10 * time.Second}, discovery.Static{route: {srv.Addr}}, nil)
+		st := startChecker(t, healthcheck.Config{Settings: healthcheck.Settings{BackoffBase: base, BackoffMax: 10 * time.Second}}, discovery.Static{route: {srv.Addr}}, nil)
 
 		var at []time.Time
 		for range fails + 1 {

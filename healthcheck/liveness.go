@@ -12,6 +12,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/healthgate/healthgate/healthcheck/healthcheckcfg"
 )
 
 // LivenessConfig tunes the probe that tells a hung backend from a quiet one.
@@ -26,39 +28,7 @@ import (
 // ordinary call that every gRPC server answers, even one without the health
 // service (UNIMPLEMENTED), and it travels the connection the proxied calls
 // use, so its silence is theirs.
-type LivenessConfig struct {
-	// Interval is the time between the starts of two probes. Probes never
-	// overlap: one that is still waiting delays the next. Zero means 1s.
-	Interval time.Duration
-	// Timeout is how long a probe waits for an answer before the backend
-	// counts as not responding. Zero means 2s. A backend that hangs is
-	// found within about Interval+Timeout.
-	Timeout time.Duration
-	// Disable turns the probe off; a hung backend then stays routable until
-	// its connection fails by itself.
-	Disable bool
-}
-
-// Validate reports the first field that cannot be used.
-func (c LivenessConfig) Validate() error {
-	switch {
-	case c.Interval < 0:
-		return fmt.Errorf("liveness interval: must not be negative, got %s", c.Interval)
-	case c.Timeout < 0:
-		return fmt.Errorf("liveness timeout: must not be negative, got %s", c.Timeout)
-	}
-	return nil
-}
-
-func (c LivenessConfig) withDefaults() LivenessConfig {
-	if c.Interval == 0 {
-		c.Interval = time.Second
-	}
-	if c.Timeout == 0 {
-		c.Timeout = 2 * time.Second
-	}
-	return c
-}
+type LivenessConfig = healthcheckcfg.Liveness
 
 // connTracker dials a backend's TCP connections and keeps the latest, so
 // that a backend found not responding can have its connection closed under

@@ -34,9 +34,9 @@ func TestLivenessConfig(t *testing.T) {
 	}{
 		{name: "zero", want: LivenessConfig{Interval: time.Second, Timeout: 2 * time.Second}},
 		{name: "set", cfg: LivenessConfig{Interval: 3 * time.Second, Timeout: 5 * time.Second}, want: LivenessConfig{Interval: 3 * time.Second, Timeout: 5 * time.Second}},
-		{name: "disabled keeps its durations", cfg: LivenessConfig{Disable: true}, want: LivenessConfig{Interval: time.Second, Timeout: 2 * time.Second, Disable: true}},
-		{name: "negative interval", cfg: LivenessConfig{Interval: -time.Second}, wantErr: "liveness interval"},
-		{name: "negative timeout", cfg: LivenessConfig{Timeout: -time.Second}, wantErr: "liveness timeout"},
+		{name: "disabled keeps its durations", cfg: LivenessConfig{Disabled: true}, want: LivenessConfig{Interval: time.Second, Timeout: 2 * time.Second, Disabled: true}},
+		{name: "negative interval", cfg: LivenessConfig{Interval: -time.Second}, wantErr: "interval:"},
+		{name: "negative timeout", cfg: LivenessConfig{Timeout: -time.Second}, wantErr: "timeout:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
@@ -49,8 +49,8 @@ func TestLivenessConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Validate() = %v, want nil", err)
 			}
-			if got := tc.cfg.withDefaults(); got != tc.want {
-				t.Errorf("withDefaults() = %+v, want %+v", got, tc.want)
+			if got := tc.cfg.WithDefaults(); got != tc.want {
+				t.Errorf("WithDefaults() = %+v, want %+v", got, tc.want)
 			}
 		})
 	}
@@ -397,7 +397,7 @@ func runProbeLoop(t *testing.T, cc grpc.ClientConnInterface, cfg LivenessConfig)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		probeLoop(ctx, cc, cfg.withDefaults(), func(alive bool, reason string) {
+		probeLoop(ctx, cc, cfg.WithDefaults(), func(alive bool, reason string) {
 			reports <- livenessReport{alive: alive, reason: reason, at: time.Now()}
 		})
 	}()

@@ -1,66 +1,34 @@
 package healthcheck
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
+
+	"github.com/healthgate/healthgate/healthcheck/healthcheckcfg"
 )
 
-// OutlierConfig is passive failure detection: a backend whose calls keep
-// failing at the backend itself, although its health check says SERVING,
-// is ejected for a while. The zero value is on, with the defaults below.
-type OutlierConfig struct {
-	// Disabled turns passive failure detection off.
-	Disabled bool
-	// ConsecutiveFailures is the failures in a row that eject. Zero means 5.
-	ConsecutiveFailures int
-	// Ejection is how long the first ejection lasts; each next one before a
-	// call succeeds lasts as long again, up to 10 times. Zero means 30s. An
-	// ejection ends early when the backend reconnects and reports SERVING.
-	Ejection time.Duration
-	// MaxEjectionPercent caps the share of a route's backends that may be
-	// ejected at once, rounded down: at 50 a route of one backend never
-	// loses it to ejection. Zero means 50; 100 lets every backend go.
-	MaxEjectionPercent int
-	// Codes are statuses sent by the backend's application that count as
-	// failures too. None by default: a backend that answers, even
-	// UNAVAILABLE, is answering, and counting its answers would let any
-	// client eject every backend by calling a method that fails.
-	Codes []codes.Code
+// OutlierConfig is passive failure detection, the outlier_detection:
+// section of the config file.
+type OutlierConfig = healthcheckcfg.Outlier
+
+// outlierPolicy is the OutlierConfig in force, its codes parsed once: every
+// call's Done reads it.
+type outlierPolicy struct {
+	OutlierConfig
+	codes []codes.Code
 }
 
-// Validate reports the first field that cannot be used.
-func (c OutlierConfig) Validate() error {
-	switch {
-	case c.ConsecutiveFailures < 0:
-		return fmt.Errorf("consecutive_failures: must not be negative, got %d", c.ConsecutiveFailures)
-	case c.Ejection < 0:
-		return fmt.Errorf("ejection: must not be negative, got %s", c.Ejection)
-	case c.MaxEjectionPercent < 0 || c.MaxEjectionPercent > 100:
-		return fmt.Errorf("max_ejection_percent: must be within 0-100, got %d", c.MaxEjectionPercent)
+// newOutlierPolicy is the policy of a validated o.
+func newOutlierPolicy(o OutlierConfig) *outlierPolicy {
+	p := &outlierPolicy{OutlierConfig: o}
+	nums, _ := o.CodeNumbers()
+	for _, n := range nums {
+		p.codes = append(p.codes, codes.Code(n))
 	}
-	for _, code := range c.Codes {
-		if code == codes.OK {
-			return errors.New("codes: OK is not a failure")
-		}
-	}
-	return nil
-}
-
-func (c OutlierConfig) withDefaults() OutlierConfig {
-	if c.ConsecutiveFailures == 0 {
-		c.ConsecutiveFailures = 5
-	}
-	if c.Ejection == 0 {
-		c.Ejection = 30 * time.Second
-	}
-	if c.MaxEjectionPercent == 0 {
-		c.MaxEjectionPercent = 50
-	}
-	return c
+	return p
 }
 
 // Outcome is how a call sent to a backend ended, as passive failure
@@ -96,7 +64,7 @@ func (b *Handle) Done(o Outcome) {
 		return
 	}
 	switch {
-	case o.Origin == Local || (o.Origin == FromBackend && slices.Contains(cfg.Codes, o.Code)):
+	case o.Origin == Local || (o.Origin == FromBackend && slices.Contains(cfg.codes, o.Code)):
 		n := b.failures.Add(1)
 		if n < int32(cfg.ConsecutiveFailures) {
 			return
@@ -121,7 +89,7 @@ func (b *Handle) Done(o Outcome) {
 // eject takes b out of rotation for the ejection time, unless it is out
 // already, no route lists it any more, or a route it serves would be left
 // with more than its share of ejected backends.
-func (c *Checker) eject(b *Handle, cfg *OutlierConfig, reason string) {
+func (c *Checker) eject(b *Handle, cfg *outlierPolicy, reason string) {
 	st := c.latest.Load()
 	now := time.Now()
 	c.ejectMu.Lock()
