@@ -20,31 +20,20 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/healthgate/healthgate/balancer/balancercfg"
 	"github.com/healthgate/healthgate/discovery"
 	"github.com/healthgate/healthgate/healthcheck"
 )
 
-// Policy chooses among a route's routable backends.
-type Policy string
+// Policy chooses among a route's routable backends; see balancercfg for
+// why it is defined there.
+type Policy = balancercfg.Policy
 
+// The policies.
 const (
-	// RoundRobin spreads calls in turn, each backend as often as its
-	// weight says, starting at a random backend so that many gateways do
-	// not all hit the same one first.
-	RoundRobin Policy = "round_robin"
-	// LeastRequest picks the less busy of two backends chosen at random
-	// (power of two choices): it follows load without a global scan.
-	LeastRequest Policy = "least_request"
+	RoundRobin   = balancercfg.RoundRobin
+	LeastRequest = balancercfg.LeastRequest
 )
-
-// Validate reports whether p is a known policy; "" means RoundRobin.
-func (p Policy) Validate() error {
-	switch p {
-	case "", RoundRobin, LeastRequest:
-		return nil
-	}
-	return fmt.Errorf("unknown policy %q (want %q or %q)", string(p), RoundRobin, LeastRequest)
-}
 
 // Config chooses a policy per route.
 type Config struct {

@@ -9,16 +9,16 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/healthgate/healthgate/balancer"
-	"github.com/healthgate/healthgate/discovery"
+	"github.com/healthgate/healthgate/balancer/balancercfg"
+	"github.com/healthgate/healthgate/discovery/discoverycfg"
 	"github.com/healthgate/healthgate/healthcheck/healthcheckcfg"
+	"github.com/healthgate/healthgate/proxy/proxycfg"
 )
 
 // Config is the whole file. Every field is optional; the zero value of each
@@ -38,10 +38,12 @@ type Config struct {
 	// Register, when enabled, registers the gateway itself in Consul.
 	Register Register `yaml:"register"`
 	Log      Log      `yaml:"log"`
-	// Consul, when its address is set, discovers backends.
-	Consul Consul  `yaml:"consul"`
-	Routes []Route `yaml:"routes"`
-	Proxy  Proxy   `yaml:"proxy"`
+	// Consul, when its address is set, discovers backends; discovery owns
+	// it.
+	Consul discoverycfg.Consul `yaml:"consul"`
+	Routes []Route             `yaml:"routes"`
+	// Proxy tunes forwarding; proxy owns it.
+	Proxy proxycfg.Settings `yaml:"proxy"`
 	// Health tunes backend health checking; healthcheck owns it.
 	Health healthcheckcfg.Settings `yaml:"health"`
 	// Outlier is passive failure detection; healthcheck owns it.
@@ -75,40 +77,6 @@ type Log struct {
 	Access bool `yaml:"access"`
 }
 
-// Consul is how to reach Consul and what to take from it.
-type Consul struct {
-	// Address of the agent's HTTP API, host:port or a URL. Empty means no
-	// Consul (CONSUL_HTTP_ADDR fills it when set).
-	Address string `yaml:"address"`
-	// Token is the ACL token (CONSUL_HTTP_TOKEN fills it when empty).
-	Token string `yaml:"token"`
-	// Datacenter to query; empty means the agent's own.
-	Datacenter string `yaml:"datacenter"`
-	// Tags: only instances carrying every one of these tags are used, for
-	// routes learned from route tags.
-	Tags []string `yaml:"tags"`
-	// AllowUnhealthy also uses instances whose Consul checks do not pass.
-	// Off by default: only passing instances are used.
-	AllowUnhealthy bool `yaml:"allow_unhealthy"`
-	// RouteTag is the tag prefix that routes a backend without gateway
-	// configuration: a tag "<RouteTag>=pkg.Service" routes calls to
-	// pkg.Service to it. Default "healthgate.route".
-	RouteTag string `yaml:"route_tag"`
-	// DisableAutoRoutes turns route tags off: only the routes below are
-	// served.
-	DisableAutoRoutes bool `yaml:"disable_auto_routes"`
-	TLS               TLS  `yaml:"tls"`
-}
-
-// TLS to Consul.
-type TLS struct {
-	CAFile             string `yaml:"ca_file"`
-	CertFile           string `yaml:"cert_file"`
-	KeyFile            string `yaml:"key_file"`
-	ServerName         string `yaml:"server_name"`
-	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
-}
-
 // Route sends calls for one gRPC service to a set of backends.
 type Route struct {
 	// Service is the full gRPC service name ("pkg.Service"), or "*" for
@@ -124,21 +92,7 @@ type Route struct {
 	// owns them.
 	Health healthcheckcfg.RouteConfig `yaml:",inline"`
 	// Policy: round_robin (default) or least_request.
-	Policy balancer.Policy `yaml:"policy"`
-}
-
-// Proxy tunes forwarding.
-type Proxy struct {
-	// MaxRequestBytes limits one client message. Default 4 MiB.
-	MaxRequestBytes int `yaml:"max_request_bytes"`
-	// MaxResponseBytes limits one backend message. Default 4 MiB.
-	MaxResponseBytes int `yaml:"max_response_bytes"`
-	// DefaultTimeout is given to calls without a deadline. Default none.
-	DefaultTimeout time.Duration `yaml:"default_timeout"`
-	// TrustedProxies are addresses or CIDR prefixes of clients whose
-	// x-forwarded-for and x-forwarded-host are kept and appended to; from
-	// anyone else they are replaced. Default none.
-	TrustedProxies []string `yaml:"trusted_proxies"`
+	Policy balancercfg.Policy `yaml:"policy"`
 }
 
 // Shutdown tunes the drain on SIGTERM: the gateway reports NOT_SERVING at
@@ -151,11 +105,8 @@ type Shutdown struct {
 	Grace time.Duration `yaml:"grace"`
 }
 
-// Defaults.
-const (
-	DefaultListen   = "127.0.0.1:9000"
-	DefaultRouteTag = "healthgate.route"
-)
+// DefaultListen is the listen address when none is set.
+const DefaultListen = "127.0.0.1:9000"
 
 // Load reads and validates a config file.
 func Load(path string) (*Config, error) {
@@ -198,9 +149,6 @@ func (c *Config) ApplyDefaults() {
 	if c.Register.Interval == 0 {
 		c.Register.Interval = 5 * time.Second
 	}
-	if c.Consul.RouteTag == "" {
-		c.Consul.RouteTag = DefaultRouteTag
-	}
 	if c.Shutdown.DrainDelay == 0 {
 		c.Shutdown.DrainDelay = 2 * time.Second
 	}
@@ -240,16 +188,16 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("log.format: %q is not text or json", c.Log.Format)
 	}
-	if (c.Consul.TLS.CertFile == "") != (c.Consul.TLS.KeyFile == "") {
-		return errors.New("consul.tls: cert_file and key_file go together")
+	if err := c.Consul.Validate(); err != nil {
+		return fmt.Errorf("consul.%w", err)
 	}
 	seen := map[string]int{}
 	for i, r := range c.Routes {
 		f := fmt.Sprintf("routes[%d]", i)
 		switch {
 		case r.Service == "":
-			return fmt.Errorf("%s.service: missing (a full gRPC service name such as pkg.Service, or %q)", f, discovery.DefaultRoute)
-		case strings.ContainsAny(r.Service, "/ ") && r.Service != discovery.DefaultRoute:
+			return fmt.Errorf("%s.service: missing (a full gRPC service name such as pkg.Service, or %q)", f, discoverycfg.DefaultRoute)
+		case strings.ContainsAny(r.Service, "/ ") && r.Service != discoverycfg.DefaultRoute:
 			return fmt.Errorf("%s.service: %q is not a gRPC service name (no slashes or spaces: pkg.Service)", f, r.Service)
 		case len(r.Backends) == 0 && r.ConsulService == "":
 			return fmt.Errorf("%s: neither backends nor consul_service is set", f)
@@ -276,7 +224,6 @@ func (c *Config) Validate() error {
 		field string
 		v     time.Duration
 	}{
-		{"proxy.default_timeout", c.Proxy.DefaultTimeout},
 		{"shutdown.drain_delay", c.Shutdown.DrainDelay},
 		{"shutdown.grace", c.Shutdown.Grace},
 		{"register.interval", c.Register.Interval},
@@ -291,14 +238,8 @@ func (c *Config) Validate() error {
 	if err := c.Outlier.Validate(); err != nil {
 		return fmt.Errorf("outlier_detection.%w", err)
 	}
-	if _, err := c.Proxy.ParseTrustedProxies(); err != nil {
-		return err
-	}
-	if c.Proxy.MaxRequestBytes < 0 {
-		return fmt.Errorf("proxy.max_request_bytes: must not be negative, got %d", c.Proxy.MaxRequestBytes)
-	}
-	if c.Proxy.MaxResponseBytes < 0 {
-		return fmt.Errorf("proxy.max_response_bytes: must not be negative, got %d", c.Proxy.MaxResponseBytes)
+	if err := c.Proxy.Validate(); err != nil {
+		return fmt.Errorf("proxy.%w", err)
 	}
 	return nil
 }
@@ -373,23 +314,4 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// ParseTrustedProxies turns TrustedProxies into prefixes; a bare address is
-// a prefix of its own.
-func (p Proxy) ParseTrustedProxies() ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(p.TrustedProxies))
-	for i, s := range p.TrustedProxies {
-		if pr, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, pr.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, fmt.Errorf("proxy.trusted_proxies[%d]: %q is neither an IP address nor a CIDR prefix", i, s)
-		}
-		a = a.Unmap()
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
-	}
-	return out, nil
 }

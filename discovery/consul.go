@@ -15,27 +15,23 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/healthgate/healthgate/discovery/discoverycfg"
 )
 
-// ConsulConfig says how to reach Consul and what to take from it. Only cmd
-// reads the environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN); here every
-// value is explicit.
+// ConsulSettings is the consul: section of the config file; see
+// discoverycfg for why it is defined there.
+type ConsulSettings = discoverycfg.Consul
+
+// ConsulTLS is TLS to the Consul agent; zero means plain HTTP.
+type ConsulTLS = discoverycfg.TLS
+
+// ConsulConfig says how to reach Consul and what to take from it.
 type ConsulConfig struct {
-	// Address of the agent's HTTP API: host:port or an http(s) URL.
-	Address    string
-	Token      string
-	Datacenter string
-	// Tags: instances used by route tags must carry all of these.
-	Tags []string
-	// AllowUnhealthy also uses instances whose Consul checks do not pass.
-	AllowUnhealthy bool
-	// RouteTag is the prefix of route tags: "<RouteTag>=pkg.Service".
-	RouteTag string
-	// AutoRoutes routes every service that carries route tags.
-	AutoRoutes bool
+	// ConsulSettings is what the config file sets.
+	ConsulSettings
 	// Routes are the config file's routes that name a Consul service.
 	Routes []ConsulRoute
-	TLS    ConsulTLS
 	// WaitTime bounds one blocking query. Zero means 5m.
 	WaitTime time.Duration
 	// RetryBase and RetryMax bound the backoff while Consul is unreachable.
@@ -60,12 +56,6 @@ type ConsulRoute struct {
 	Tags    []string
 }
 
-// ConsulTLS is TLS to the Consul agent; zero means plain HTTP.
-type ConsulTLS struct {
-	CAFile, CertFile, KeyFile, ServerName string
-	InsecureSkipVerify                    bool
-}
-
 // Consul is a Source fed by Consul blocking queries: one on the catalog to
 // learn which services carry route tags, one per watched service on its
 // health endpoint. There is no polling: each query returns when Consul's
@@ -81,9 +71,10 @@ func NewConsul(cfg ConsulConfig, logger *slog.Logger) (*Consul, error) {
 	if cfg.Address == "" {
 		return nil, errors.New("discovery: consul: address is empty")
 	}
-	if cfg.RouteTag == "" {
-		cfg.RouteTag = "healthgate.route"
+	if err := cfg.ConsulSettings.Validate(); err != nil {
+		return nil, fmt.Errorf("discovery: consul: %w", err)
 	}
+	cfg.ConsulSettings = cfg.ConsulSettings.WithDefaults()
 	if cfg.WaitTime == 0 {
 		cfg.WaitTime = 5 * time.Minute
 	}
@@ -99,7 +90,7 @@ func NewConsul(cfg ConsulConfig, logger *slog.Logger) (*Consul, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	ac := APIConfig(cfg)
+	ac := APIConfig(cfg.ConsulSettings)
 	client, err := api.NewClient(ac)
 	if err != nil {
 		return nil, fmt.Errorf("discovery: consul %s: %w", cfg.Address, err)
@@ -110,7 +101,7 @@ func NewConsul(cfg ConsulConfig, logger *slog.Logger) (*Consul, error) {
 // APIConfig is the Consul API client configuration for cfg: address (with
 // its scheme), token, datacenter and TLS. Everything in healthgate that talks
 // to Consul builds its client from it.
-func APIConfig(cfg ConsulConfig) *api.Config {
+func APIConfig(cfg ConsulSettings) *api.Config {
 	ac := &api.Config{
 		Address:    cfg.Address,
 		Token:      cfg.Token,
@@ -198,7 +189,7 @@ func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 			start(k)
 		}
 	}
-	if c.cfg.AutoRoutes {
+	if !c.cfg.DisableAutoRoutes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -238,7 +229,7 @@ func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 			}
 		}
 		if !synced {
-			synced = (!c.cfg.AutoRoutes || r.catalog != nil) && len(r.results) == len(watches)
+			synced = (!!c.cfg.DisableAutoRoutes || r.catalog != nil) && len(r.results) == len(watches)
 		}
 		snap := r.snapshotLocked()
 		r.mu.Unlock()

@@ -9,11 +9,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/healthgate/healthgate/discovery/discoverycfg"
 )
 
 // DefaultRoute names the route that takes calls for gRPC services that no
 // other route covers.
-const DefaultRoute = "*"
+const DefaultRoute = discoverycfg.DefaultRoute
 
 // Endpoint is one backend instance as a source knows it.
 type Endpoint struct {

@@ -120,7 +120,7 @@ func countingProxy(t *testing.T, consulAddr string) (string, *counter) {
 func TestB30_RegisterAndDeregisterWithinOneSecond(t *testing.T) {
 	c := testutil.StartConsul(t)
 	addr, count := countingProxy(t, c.Addr)
-	src, err := discovery.NewConsul(discovery.ConsulConfig{Address: addr, AutoRoutes: true}, testutil.Logger(t))
+	src, err := discovery.NewConsul(discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: addr}}, testutil.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,8 +171,8 @@ func TestB31_PassingTagsDatacenterToken(t *testing.T) {
 		c.Register(t, "", reg)
 		c.Register(t, "", testutil.RouteReg("p-2", "p", "127.0.0.1:7102", "test.Svc"))
 
-		strict := run(t, mustConsul(t, discovery.ConsulConfig{Address: c.Addr, AutoRoutes: true}))
-		loose := run(t, mustConsul(t, discovery.ConsulConfig{Address: c.Addr, AutoRoutes: true, AllowUnhealthy: true}))
+		strict := run(t, mustConsul(t, discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: c.Addr}}))
+		loose := run(t, mustConsul(t, discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: c.Addr, AllowUnhealthy: true}}))
 		strict.waitAddrs(t, 5*time.Second, "test.Svc", "127.0.0.1:7102")
 		loose.waitAddrs(t, 5*time.Second, "test.Svc", "127.0.0.1:7101", "127.0.0.1:7102")
 
@@ -187,7 +187,7 @@ func TestB31_PassingTagsDatacenterToken(t *testing.T) {
 		reg := testutil.RouteReg("f-1", "f", "127.0.0.1:7111", "test.Failing")
 		reg.Check = &api.AgentServiceCheck{TTL: "1h", Status: api.HealthCritical}
 		c.Register(t, "", reg)
-		w := run(t, mustConsul(t, discovery.ConsulConfig{Address: c.Addr, AutoRoutes: true}))
+		w := run(t, mustConsul(t, discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: c.Addr}}))
 		testutil.WaitFor(t, 5*time.Second, "route test.Failing to exist", func() bool {
 			got, ok := w.addrs("test.Failing")
 			return ok && len(got) == 0 && w.snap().Synced
@@ -198,9 +198,9 @@ func TestB31_PassingTagsDatacenterToken(t *testing.T) {
 		c := testutil.StartConsul(t)
 		c.Register(t, "", testutil.RouteReg("t-1", "t", "127.0.0.1:7201", "test.Svc", "blue"))
 		c.Register(t, "", testutil.RouteReg("t-2", "t", "127.0.0.1:7202", "test.Svc", "green"))
-		auto := run(t, mustConsul(t, discovery.ConsulConfig{Address: c.Addr, AutoRoutes: true, Tags: []string{"green"}}))
+		auto := run(t, mustConsul(t, discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: c.Addr, Tags: []string{"green"}}}))
 		auto.waitAddrs(t, 5*time.Second, "test.Svc", "127.0.0.1:7202")
-		explicit := run(t, mustConsul(t, discovery.ConsulConfig{Address: c.Addr,
+		explicit := run(t, mustConsul(t, discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: c.Addr, DisableAutoRoutes: true},
 			Routes: []discovery.ConsulRoute{{Route: "blue.Svc", Service: "t", Tags: []string{"blue"}}}}))
 		explicit.waitAddrs(t, 5*time.Second, "blue.Svc", "127.0.0.1:7201")
 		if _, ok := explicit.addrs("test.Svc"); ok {
@@ -211,9 +211,9 @@ func TestB31_PassingTagsDatacenterToken(t *testing.T) {
 	t.Run("datacenter", func(t *testing.T) {
 		c := testutil.StartConsul(t)
 		c.Register(t, "", testutil.RouteReg("d-1", "d", "127.0.0.1:7301", "test.Svc"))
-		ok := run(t, mustConsul(t, discovery.ConsulConfig{Address: c.Addr, AutoRoutes: true, Datacenter: "dc1"}))
+		ok := run(t, mustConsul(t, discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: c.Addr, Datacenter: "dc1"}}))
 		ok.waitAddrs(t, 5*time.Second, "test.Svc", "127.0.0.1:7301")
-		other := run(t, mustConsul(t, discovery.ConsulConfig{Address: c.Addr, AutoRoutes: true, Datacenter: "dc-elsewhere", RetryBase: 10 * time.Millisecond}))
+		other := run(t, mustConsul(t, discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: c.Addr, Datacenter: "dc-elsewhere"}, RetryBase: 10 * time.Millisecond}))
 		// The unknown datacenter answers with an error: the source keeps
 		// retrying and never reports a sync or a route from dc1.
 		ok.waitAddrs(t, 5*time.Second, "test.Svc", "127.0.0.1:7301")
@@ -225,8 +225,8 @@ func TestB31_PassingTagsDatacenterToken(t *testing.T) {
 	t.Run("ACL token", func(t *testing.T) {
 		c := testutil.StartConsul(t, "-hcl", `acl { enabled = true, default_policy = "deny", tokens { initial_management = "root-token" } }`)
 		c.Register(t, "root-token", testutil.RouteReg("a-1", "acl", "127.0.0.1:7401", "test.Svc"))
-		with := run(t, mustConsul(t, discovery.ConsulConfig{Address: c.Addr, AutoRoutes: true, Token: "root-token"}))
-		without := run(t, mustConsul(t, discovery.ConsulConfig{Address: c.Addr, AutoRoutes: true}))
+		with := run(t, mustConsul(t, discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: c.Addr, Token: "root-token"}}))
+		without := run(t, mustConsul(t, discovery.ConsulConfig{ConsulSettings: discovery.ConsulSettings{Address: c.Addr}}))
 		with.waitAddrs(t, 5*time.Second, "test.Svc", "127.0.0.1:7401")
 		testutil.WaitFor(t, 5*time.Second, "the anonymous source to sync", func() bool { return without.snap().Synced })
 		if got, ok := without.addrs("test.Svc"); ok {

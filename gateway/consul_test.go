@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/healthgate/healthgate/config"
+	"github.com/healthgate/healthgate/discovery"
 	"github.com/healthgate/healthgate/example/authpb"
 	"github.com/healthgate/healthgate/example/authserver"
 	"github.com/healthgate/healthgate/internal/testutil"
@@ -28,7 +29,7 @@ import (
 // consulCfg is a gateway config with nothing but a Consul address: routes
 // come from route tags.
 func consulCfg(addr string) config.Config {
-	return config.Config{Consul: config.Consul{Address: addr}}
+	return config.Config{Consul: discovery.ConsulSettings{Address: addr}}
 }
 
 // callOn makes a unary call through the gateway and says which backend took

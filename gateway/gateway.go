@@ -100,17 +100,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		return nil, err
 	}
 	g.health = healthserver.New(logger)
-	trusted, err := cfg.Proxy.ParseTrustedProxies()
-	if err != nil {
-		return nil, err
-	}
-	px, err := proxy.New(proxy.Config{
-		MaxRequestBytes:  cfg.Proxy.MaxRequestBytes,
-		MaxResponseBytes: cfg.Proxy.MaxResponseBytes,
-		DefaultTimeout:   cfg.Proxy.DefaultTimeout,
-		TrustedProxies:   trusted,
-		Observer:         g.metrics,
-	}, picker{g.bal}, logger)
+	px, err := proxy.New(proxy.Config{Settings: cfg.Proxy, Observer: g.metrics}, picker{g.bal}, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -126,6 +116,8 @@ func effective(cfg config.Config) config.Config {
 	cfg.ApplyDefaults()
 	cfg.Health = cfg.Health.WithDefaults()
 	cfg.Outlier = cfg.Outlier.WithDefaults()
+	cfg.Proxy = cfg.Proxy.WithDefaults()
+	cfg.Consul = cfg.Consul.WithDefaults()
 	return cfg
 }
 
@@ -245,12 +237,12 @@ func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discov
 		srcs = append(srcs, static)
 	}
 	if cfg.Consul.Address != "" {
-		cc := consulConfig(cfg)
-		cc.Routes, cc.OnQuery = consulRoutes, m.ConsulQuery
-		// An emptied Consul keeps the last known backends for as long as a
-		// deregistered backend keeps its calls.
-		cc.ResetGrace = cfg.Health.DrainGrace
-		c, err := discovery.NewConsul(cc, logger)
+		c, err := discovery.NewConsul(discovery.ConsulConfig{
+			ConsulSettings: cfg.Consul, Routes: consulRoutes, OnQuery: m.ConsulQuery,
+			// An emptied Consul keeps the last known backends for as long
+			// as a deregistered backend keeps its calls.
+			ResetGrace: cfg.Health.WithDefaults().DrainGrace,
+		}, logger)
 		if err != nil {
 			return nil, err
 		}
@@ -262,23 +254,6 @@ func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discov
 		return nil, errors.New("gateway: nothing to route: no routes with backends and no consul.address")
 	}
 	return discovery.Merge(srcs...), nil
-}
-
-// consulConfig is the Consul part of cfg, without the routes.
-func consulConfig(cfg config.Config) discovery.ConsulConfig {
-	return discovery.ConsulConfig{
-		Address:        cfg.Consul.Address,
-		Token:          cfg.Consul.Token,
-		Datacenter:     cfg.Consul.Datacenter,
-		Tags:           cfg.Consul.Tags,
-		AllowUnhealthy: cfg.Consul.AllowUnhealthy,
-		RouteTag:       cfg.Consul.RouteTag,
-		AutoRoutes:     !cfg.Consul.DisableAutoRoutes,
-		TLS: discovery.ConsulTLS{
-			CAFile: cfg.Consul.TLS.CAFile, CertFile: cfg.Consul.TLS.CertFile, KeyFile: cfg.Consul.TLS.KeyFile,
-			ServerName: cfg.Consul.TLS.ServerName, InsecureSkipVerify: cfg.Consul.TLS.InsecureSkipVerify,
-		},
-	}
 }
 
 // State is the latest routing table; nil before the first.
@@ -405,7 +380,7 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		var err error
 		reg, err = register.Register(rctx, register.Config{
-			Consul: discovery.APIConfig(consulConfig(cfg)),
+			Consul: discovery.APIConfig(cfg.Consul),
 			Name:   cfg.Register.Name, ID: cfg.Register.ID, Tags: cfg.Register.Tags,
 			Addr: addr, Interval: cfg.Register.Interval,
 		})

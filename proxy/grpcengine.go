@@ -68,7 +68,7 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 			opts = append(opts[:len(opts):len(opts)], grpc.CallContentSubtype(sub))
 		}
 	}
-	outCtx := metadata.NewOutgoingContext(ctx, outgoingMD(reqMD, from, p.cfg.TrustedProxies))
+	outCtx := metadata.NewOutgoingContext(ctx, outgoingMD(reqMD, from, p.trusted))
 
 	var (
 		tried []Upstream

@@ -18,10 +18,16 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/healthgate/healthgate/proxy/proxycfg"
 )
 
 // DefaultMaxMessageBytes is gRPC's own default limit for a received message.
-const DefaultMaxMessageBytes = 4 << 20
+const DefaultMaxMessageBytes = proxycfg.DefaultMaxMessageBytes
+
+// Settings is the proxy: section of the config file; see proxycfg for why
+// it is defined there.
+type Settings = proxycfg.Settings
 
 // Upstream is the backend chosen for one call. It says nothing of how calls
 // reach it: each forwarding engine declares what it needs of an Upstream
@@ -95,22 +101,10 @@ type Picker interface {
 
 // Config tunes forwarding. The zero value is ready to use.
 type Config struct {
-	// MaxRequestBytes limits one message sent by a client, on both hops.
-	// Zero means DefaultMaxMessageBytes.
-	MaxRequestBytes int
-	// MaxResponseBytes limits one message sent by a backend, on both hops.
-	// Zero means DefaultMaxMessageBytes.
-	MaxResponseBytes int
-	// DefaultTimeout is the deadline given to calls that arrive without one.
-	// Zero means such calls get none, as they would without the gateway.
-	DefaultTimeout time.Duration
+	// Settings is what the config file sets.
+	Settings
 	// Observer, if set, is told of every call.
 	Observer Observer
-	// TrustedProxies are the client addresses whose x-forwarded-for and
-	// x-forwarded-host the gateway keeps (and appends to). From anyone
-	// else they are replaced: a client cannot choose the address a backend
-	// sees. Empty means nobody is trusted.
-	TrustedProxies []netip.Prefix
 	// MaxAttempts bounds how many backends one call is sent to when a
 	// backend does not accept it (its connection broke between the pick
 	// and the send, is not READY, or the backend refused the stream or
@@ -125,31 +119,14 @@ type Config struct {
 
 // Validate reports the first field that cannot be used.
 func (c Config) Validate() error {
-	switch {
-	case c.MaxRequestBytes < 0:
-		return fmt.Errorf("max_request_bytes: must not be negative, got %d", c.MaxRequestBytes)
-	case c.MaxResponseBytes < 0:
-		return fmt.Errorf("max_response_bytes: must not be negative, got %d", c.MaxResponseBytes)
-	case c.DefaultTimeout < 0:
-		return fmt.Errorf("default_timeout: must not be negative, got %s", c.DefaultTimeout)
-	case c.MaxAttempts < 0:
+	if c.MaxAttempts < 0 {
 		return fmt.Errorf("max_attempts: must not be negative, got %d", c.MaxAttempts)
 	}
-	for i, pr := range c.TrustedProxies {
-		if !pr.IsValid() {
-			return fmt.Errorf("trusted_proxies[%d]: not a valid prefix", i)
-		}
-	}
-	return nil
+	return c.Settings.Validate()
 }
 
 func (c Config) withDefaults() Config {
-	if c.MaxRequestBytes == 0 {
-		c.MaxRequestBytes = DefaultMaxMessageBytes
-	}
-	if c.MaxResponseBytes == 0 {
-		c.MaxResponseBytes = DefaultMaxMessageBytes
-	}
+	c.Settings = c.Settings.WithDefaults()
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 3
 	}
@@ -166,6 +143,8 @@ type Proxy struct {
 	picker Picker
 	log    *slog.Logger
 	codec  codec
+	// trusted is cfg.TrustedProxies, parsed once.
+	trusted []netip.Prefix
 	// callOpts are the options of every backend call that keeps the default
 	// content subtype; built once because they are the same for all calls.
 	callOpts []grpc.CallOption
@@ -183,11 +162,16 @@ func New(cfg Config, picker Picker, logger *slog.Logger) (*Proxy, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.withDefaults()
+	trusted, err := cfg.TrustedPrefixes()
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
 	p := &Proxy{
-		cfg:    cfg,
-		picker: picker,
-		log:    logger.With("component", "proxy"),
-		codec:  newCodec(),
+		trusted: trusted,
+		cfg:     cfg,
+		picker:  picker,
+		log:     logger.With("component", "proxy"),
+		codec:   newCodec(),
 	}
 	p.callOpts = []grpc.CallOption{
 		grpc.ForceCodecV2(p.codec),

@@ -49,7 +49,7 @@ func TestGatewayRegistersItselfAndLeavesOnDrain(t *testing.T) {
 	const name = "healthgate-test"
 	const drainDelay = 2 * time.Second
 	g := gatewaytest.Start(t, config.Config{
-		Consul: config.Consul{Address: c.Addr},
+		Consul: discovery.ConsulSettings{Address: c.Addr},
 		// Consul runs checks at most once a second.
 		Register: config.Register{Enabled: true, Name: name, Tags: []string{"edge"}, Interval: time.Second},
 		Shutdown: config.Shutdown{DrainDelay: drainDelay},
@@ -123,7 +123,7 @@ func TestRegisterAndDeregister(t *testing.T) {
 	defer cancel()
 	// A URL works as the Consul address too.
 	reg, err := register.Register(ctx, register.Config{
-		Consul: discovery.APIConfig(discovery.ConsulConfig{Address: "http://" + c.Addr}), Name: "gw", ID: "gw-1", Addr: "127.0.0.1:1234", Interval: 10 * time.Second,
+		Consul: discovery.APIConfig(discovery.ConsulSettings{Address: "http://" + c.Addr}), Name: "gw", ID: "gw-1", Addr: "127.0.0.1:1234", Interval: 10 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)

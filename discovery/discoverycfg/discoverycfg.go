@@ -1,0 +1,73 @@
+// Package discoverycfg is discovery's part of the config file, the consul:
+// section: pure data with its YAML keys, documented zero values, defaults
+// and validation.
+//
+// It belongs to discovery, which re-exports its types (ConsulSettings,
+// ConsulTLS, DefaultRoute) and applies its defaults in NewConsul. It is a
+// package of its own only so that the config file's schema does not pull
+// in the Consul API client, which discovery itself needs: it imports the
+// standard library alone, and config's imports test holds it to that.
+package discoverycfg
+
+import "errors"
+
+// DefaultRoute names the route that takes calls for gRPC services that no
+// other route covers.
+const DefaultRoute = "*"
+
+// DefaultRouteTag is the prefix of route tags when Consul.RouteTag is empty.
+const DefaultRouteTag = "healthgate.route"
+
+// Consul says how to reach Consul and what to take from it. Only cmd reads
+// the environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN); here every value is
+// explicit.
+type Consul struct {
+	// Address of the agent's HTTP API: host:port or an http(s) URL. Empty
+	// means no Consul.
+	Address string `yaml:"address"`
+	// Token is the ACL token; empty means none.
+	Token string `yaml:"token"`
+	// Datacenter to query; empty means the agent's own.
+	Datacenter string `yaml:"datacenter"`
+	// Tags: only instances carrying every one of these tags are used, for
+	// routes learned from route tags.
+	Tags []string `yaml:"tags"`
+	// AllowUnhealthy also uses instances whose Consul checks do not pass.
+	// Off by default: only passing instances are used.
+	AllowUnhealthy bool `yaml:"allow_unhealthy"`
+	// RouteTag is the tag prefix that routes a backend without gateway
+	// configuration: a tag "<RouteTag>=pkg.Service" routes calls to
+	// pkg.Service to it. Empty means DefaultRouteTag.
+	RouteTag string `yaml:"route_tag"`
+	// DisableAutoRoutes turns route tags off: only the routes of the config
+	// file are served. Off by default: every service that carries route
+	// tags is routed.
+	DisableAutoRoutes bool `yaml:"disable_auto_routes"`
+	// TLS to the agent; the zero value is plain HTTP.
+	TLS TLS `yaml:"tls"`
+}
+
+// TLS is TLS to the Consul agent; zero means plain HTTP.
+type TLS struct {
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Validate reports the first field that cannot be used, by its YAML key.
+func (c Consul) Validate() error {
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return errors.New("tls: cert_file and key_file go together")
+	}
+	return nil
+}
+
+// WithDefaults is c with every zero value replaced by what it means.
+func (c Consul) WithDefaults() Consul {
+	if c.RouteTag == "" {
+		c.RouteTag = DefaultRouteTag
+	}
+	return c
+}
