@@ -522,8 +522,11 @@ func (r *run) build(now time.Time, prev *State, full bool, dirty map[string]stru
 	r.c.ejectMu.Lock()
 	defer r.c.ejectMu.Unlock()
 	for name, eps := range r.snap.Routes {
-		if !full && !todo[name] {
+		if !full {
 			if p, ok := prev.Routes[name]; ok {
+				if todo[name] {
+					p = r.patchRoute(now, p, dirty, draining)
+				}
 				st.Routes[name] = p
 				continue
 			}
@@ -534,8 +537,11 @@ func (r *run) build(now time.Time, prev *State, full bool, dirty map[string]stru
 		if _, ok := st.Routes[name]; ok {
 			continue
 		}
-		if !full && !todo[name] {
+		if !full {
 			if p, ok := prev.Routes[name]; ok {
+				if todo[name] {
+					p = r.patchRoute(now, p, dirty, draining)
+				}
 				st.Routes[name] = p
 				continue
 			}
@@ -585,29 +591,11 @@ func (r *run) buildRoute(now time.Time, name string, eps, leavingEps []discovery
 		if !ok {
 			return
 		}
-		svc := healthService(rc, name, ep)
-		f := h.facts(svc)
-		f.leaving = leavingWhy
-		if !h.ejectedUntil.IsZero() {
-			switch {
-			case !now.Before(h.ejectedUntil):
-				h.ejectedAt, h.ejectedUntil, h.ejectReason = time.Time{}, time.Time{}, ""
-			case f.conn && f.health.routable && h.readyAt().After(h.ejectedAt):
-				// The backend reconnected since it was ejected and says
-				// SERVING: whatever failed was the old connection.
-				h.log.Info("ejection ends early: the backend reconnected and reports SERVING")
-				h.ejectedAt, h.ejectedUntil, h.ejectReason = time.Time{}, time.Time{}, ""
-			default:
-				f.ejected, f.ejectReason = h.ejectedUntil, h.ejectReason
-			}
-		}
-		ok, reason := routable(f)
-		b := Backend{
+		b := r.refresh(now, Backend{
 			Handle: h, Addr: ep.Addr, Weight: max(ep.Weight, 1), Tags: ep.Tags, Discovery: ep.Status,
-			HealthService: svc, Routable: ok, Status: f.health.status, Reason: reason, Since: f.health.since,
-			EjectedUntil: f.ejected, Leaving: leavingWhy != "",
-		}
-		if ok {
+			HealthService: healthService(rc, name, ep), Reason: leavingWhy, Leaving: leavingWhy != "",
+		})
+		if b.Routable {
 			rt.Routable++
 		}
 		rt.Backends = append(rt.Backends, b)
@@ -635,6 +623,58 @@ func (r *run) buildRoute(now time.Time, name string, eps, leavingEps []discovery
 	})
 	rt.Serving = serving(draining, gone, rt.Routable, rt.MinHealthy)
 	return rt
+}
+
+// refresh decides b's routability from what its handle knows now; the
+// fields that come from discovery stay as they are. ejectMu is held.
+func (r *run) refresh(now time.Time, b Backend) Backend {
+	h := b.Handle
+	f := h.facts(b.HealthService)
+	if b.Leaving {
+		// A leaving backend's reason is why it leaves.
+		f.leaving = b.Reason
+	}
+	if !h.ejectedUntil.IsZero() {
+		switch {
+		case !now.Before(h.ejectedUntil):
+			h.ejectedAt, h.ejectedUntil, h.ejectReason = time.Time{}, time.Time{}, ""
+		case f.conn && f.health.routable && h.readyAt().After(h.ejectedAt):
+			// The backend reconnected since it was ejected and says
+			// SERVING: whatever failed was the old connection.
+			h.log.Info("ejection ends early: the backend reconnected and reports SERVING")
+			h.ejectedAt, h.ejectedUntil, h.ejectReason = time.Time{}, time.Time{}, ""
+		default:
+			f.ejected, f.ejectReason = h.ejectedUntil, h.ejectReason
+		}
+	}
+	ok, reason := routable(f)
+	b.Routable, b.Status, b.Reason, b.Since, b.EjectedUntil = ok, f.health.status, reason, f.health.since, f.ejected
+	return b
+}
+
+// patchRoute is p with the backends whose facts changed (dirty) decided
+// again, and the rest shared: a health flip costs a copy of its route's
+// slice and one backend's facts, however many backends the route has.
+// ejectMu is held.
+func (r *run) patchRoute(now time.Time, p *Route, dirty map[string]struct{}, draining bool) *Route {
+	rt := *p
+	rt.Backends = slices.Clone(p.Backends)
+	for addr := range dirty {
+		i, found := slices.BinarySearchFunc(rt.Backends, addr, func(b Backend, a string) int { return strings.Compare(b.Addr, a) })
+		if !found {
+			continue
+		}
+		was := rt.Backends[i].Routable
+		rt.Backends[i] = r.refresh(now, rt.Backends[i])
+		switch now := rt.Backends[i].Routable; {
+		case now && !was:
+			rt.Routable++
+		case !now && was:
+			rt.Routable--
+		}
+	}
+	rt.Serving = serving(draining, rt.Gone, rt.Routable, rt.MinHealthy)
+	return &rt
 }
 
 func (s *State) sameAs(o *State) bool {
