@@ -4,7 +4,7 @@ BIN     := bin
 # scripts/consul.sh prints the cached agent's path, building it the first time.
 CONSUL   = $(shell ./scripts/consul.sh)
 
-.PHONY: all build test vet fmt-check consul demo run bench bench-quick clean
+.PHONY: all build test vet fmt-check consul demo run bench bench-quick scale clean
 
 all: build
 
@@ -53,6 +53,16 @@ bench:
 
 bench-quick:
 	cd bench && $(GO) run ./cmd/bench -mode quick $(BENCHFLAGS)
+
+# scale: health checking of 1,000 and 5,000 in-process backends under GOGC
+# 100, 200 and 400, each run in its own process: sync time, RSS, live heap,
+# goroutines, idle cost per backend, flip-to-out latency. Takes a few
+# minutes and a few GiB; not part of make test, which runs a 200-backend
+# check of the harness instead. Override with SCALEENV, e.g.
+# SCALEENV='HEALTHGATE_SCALE_N=1000 HEALTHGATE_SCALE_GOGC=400:80MiB
+# HEALTHGATE_SCALE_PROFILE=/tmp/scale'.
+scale:
+	HEALTHGATE_SCALE=1 $(SCALEENV) $(GO) test -count=1 -timeout 60m -run '^TestScale$$' -v ./internal/scale/
 
 clean:
 	rm -rf $(BIN)
