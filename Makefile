@@ -60,7 +60,9 @@ bench-quick:
 # minutes and a few GiB; not part of make test, which runs a 200-backend
 # check of the harness instead. Override with SCALEENV, e.g.
 # SCALEENV='HEALTHGATE_SCALE_N=1000 HEALTHGATE_SCALE_GOGC=400:80MiB
-# HEALTHGATE_SCALE_PROFILE=/tmp/scale'.
+# HEALTHGATE_SCALE_REPS=3 HEALTHGATE_SCALE_PROFILE=/tmp/scale' (see
+# internal/scale/scale_test.go). scripts/bench-gogc.sh is the same question
+# for the cost per call.
 scale:
 	HEALTHGATE_SCALE=1 $(SCALEENV) $(GO) test -count=1 -timeout 60m -run '^TestScale$$' -v ./internal/scale/
 

@@ -102,9 +102,12 @@ type Result struct {
 	PeakRSS uint64
 
 	// Sync is from the checker's start until the first published table in
-	// which every backend is routable; SyncCost what it took.
-	Sync     time.Duration
-	SyncCost Phase
+	// which every backend is routable; SyncCost what it took. SyncFirst is
+	// until the first table (the checker has made every connection by
+	// then), SyncHalf and Sync90 until half and 90% of the backends are
+	// routable.
+	Sync, SyncFirst, SyncHalf, Sync90 time.Duration
+	SyncCost                          Phase
 
 	// FlipOut holds, for each flip, the time from SetServingStatus
 	// (NOT_SERVING) on the backend's health server to the publication of
@@ -192,7 +195,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	// wait returns the first table after the last one it looked at (after
 	// none, the first call) for which ok holds, within timeout.
 	var seen *published
-	wait := func(what string, timeout time.Duration, ok func(table) bool) (*published, error) {
+	wait := func(what string, timeout time.Duration, ok func(*published) bool) (*published, error) {
 		ctx, cancel := context.WithTimeout(runCtx, timeout)
 		defer cancel()
 		for {
@@ -205,7 +208,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			}
 			if next != nil {
 				seen = next
-				if ok(next.table) {
+				if ok(next) {
 					return next, nil
 				}
 				continue
@@ -221,8 +224,18 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		}
 	}
 
-	synced, err := wait(fmt.Sprintf("all %d backends routable", n), cfg.SyncTimeout, func(t table) bool {
-		return t.routableCount(Route) == n
+	synced, err := wait(fmt.Sprintf("all %d backends routable", n), cfg.SyncTimeout, func(p *published) bool {
+		c, since := p.routableCount(Route), p.at.Sub(start)
+		if res.SyncFirst == 0 {
+			res.SyncFirst = since
+		}
+		if res.SyncHalf == 0 && 2*c >= n {
+			res.SyncHalf = since
+		}
+		if res.Sync90 == 0 && 10*c >= 9*n {
+			res.Sync90 = since
+		}
+		return c == n
 	})
 	if res.SyncCost, err = ph.end(err); err != nil {
 		return res, err
@@ -257,7 +270,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 // flips flips cfg.Flips backends, spread evenly over them, one at a time:
 // NOT_SERVING until the table shows it unroutable, then SERVING until it
 // shows it routable again. It returns both latencies of each flip, sorted.
-func flips(cfg Config, bs *backends, wait func(string, time.Duration, func(table) bool) (*published, error)) (out, in []time.Duration, err error) {
+func flips(cfg Config, bs *backends, wait func(string, time.Duration, func(*published) bool) (*published, error)) (out, in []time.Duration, err error) {
 	n := len(bs.addrs)
 	for i := range cfg.Flips {
 		addr := bs.addrs[(i*n/cfg.Flips)%n]
@@ -271,8 +284,8 @@ func flips(cfg Config, bs *backends, wait func(string, time.Duration, func(table
 		} {
 			t0 := time.Now()
 			bs.set(addr, dir.st)
-			p, err := wait(fmt.Sprintf("flip %d: %s %s", i+1, addr, dir.st), cfg.FlipTimeout, func(t table) bool {
-				return t.routable(Route, addr) == dir.routable
+			p, err := wait(fmt.Sprintf("flip %d: %s %s", i+1, addr, dir.st), cfg.FlipTimeout, func(p *published) bool {
+				return p.routable(Route, addr) == dir.routable
 			})
 			if err != nil {
 				return nil, nil, err

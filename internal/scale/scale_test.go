@@ -74,6 +74,9 @@ const (
 	gogcEnv = "HEALTHGATE_SCALE_GOGC"
 	// flipsEnv is the number of flips per run (default 200).
 	flipsEnv = "HEALTHGATE_SCALE_FLIPS"
+	// repsEnv runs each configuration that many times (default 1) and
+	// keeps the run that the rest of the machine disturbed least.
+	repsEnv = "HEALTHGATE_SCALE_REPS"
 	// profileEnv, a directory, gets heap and goroutine profiles of each
 	// run, in <dir>/n<N>-gogc<GOGC>/.
 	profileEnv = "HEALTHGATE_SCALE_PROFILE"
@@ -94,18 +97,34 @@ func TestScale(t *testing.T) {
 	}
 	ns := envList(nEnv, "1000,5000")
 	gcs := envList(gogcEnv, "100,200,400")
+	reps, err := strconv.Atoi(envList(repsEnv, "1")[0])
+	if err != nil || reps < 1 {
+		t.Fatalf("%s: want a positive number", repsEnv)
+	}
 	var rs []scale.Result
 	for _, n := range ns {
 		for _, gc := range gcs {
-			r := runChild(t, n, gc)
-			rs = append(rs, r)
-			checkBounds(t, r)
+			var best scale.Result
+			for i := range reps {
+				r := runChild(t, n, gc)
+				checkBounds(t, r)
+				if i == 0 || otherLoad(r) < otherLoad(best) {
+					best = r
+				}
+			}
+			rs = append(rs, best)
 		}
 	}
 	fmt.Println()
 	if err := scale.WriteTables(os.Stdout, rs); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// otherLoad is how much the rest of the machine ran during r's timed
+// phases, in cores.
+func otherLoad(r scale.Result) float64 {
+	return max(r.SyncCost.OtherCores, r.FlipCost.OtherCores)
 }
 
 // checkBounds holds a run to bounds far above what it should show, so that
