@@ -177,6 +177,11 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		default:
 		}
 	}
+	ph, err := startPhase(cfg.ProfileDir, "sync")
+	if err != nil {
+		return res, err
+	}
+	start := time.Now()
 	runCtx, stop := context.WithCancel(ctx)
 	defer func() {
 		stop()
@@ -184,11 +189,6 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			err = errors.Join(err, fmt.Errorf("scale: checker: %w", cerr))
 		}
 	}()
-	start := time.Now()
-	ph, err := startPhase(cfg.ProfileDir, "sync")
-	if err != nil {
-		return res, err
-	}
 	pprof.Do(runCtx, pprof.Labels(sideLabel, sideGateway), func(ctx context.Context) {
 		go func() { done <- runChecker(ctx, Route, bs.addrs, cfg.Logger, publish) }()
 	})
