@@ -17,7 +17,8 @@
 # healthgate's CPU per call). GODEBUG=gctrace=1 makes healthgate log each GC,
 # whence its heap figures (in whole MiB) and the GC's own CPU time (the
 # "ms cpu" of each cycle, over the calls of the windows and their warm-ups);
-# its RSS is sampled from /proc every 100 ms.
+# its RSS and RssAnon (RSS less the executable's file pages, some 14 MiB)
+# are sampled from /proc every 100 ms.
 set -euo pipefail
 cd "$(dirname "$0")/../bench"
 rounds=${ROUNDS:-3}
@@ -43,6 +44,7 @@ for round in $(seq "$rounds"); do
 		maxrss=0
 		hwm=0
 		startrss=0
+		maxanon=0
 		while kill -0 "$gorun" 2>/dev/null; do
 			# go run -> bench runner -> healthgate
 			for r in $(pgrep -P "$gorun" -x bench || true); do
@@ -50,6 +52,8 @@ for round in $(seq "$rounds"); do
 					st=$(cat "/proc/$hg/status" 2>/dev/null || true)
 					rss=$(awk '/^VmRSS:/ {print $2}' <<<"$st")
 					h=$(awk '/^VmHWM:/ {print $2}' <<<"$st")
+					anon=$(awk '/^RssAnon:/ {print $2}' <<<"$st")
+					[ -n "$anon" ] && [ "$anon" -gt "$maxanon" ] && maxanon=$anon
 					[ -n "$rss" ] && [ "$startrss" -eq 0 ] && startrss=$rss
 					[ -n "$rss" ] && [ "$rss" -gt "$maxrss" ] && maxrss=$rss
 					[ -n "$h" ] && [ "$h" -gt "$hwm" ] && hwm=$h
@@ -65,17 +69,17 @@ for round in $(seq "$rounds"); do
 		tmp=$(sed -n 's/^configs and logs kept in //p' "$out/stderr")
 		cat "$tmp"/[0-9][0-9][0-9]-healthgate.log >"$out/healthgate.log"
 		rm -rf "$tmp"
-		echo "$maxrss $hwm $startrss" >"$out/rss"
+		echo "$maxrss $hwm $startrss $maxanon" >"$out/rss"
 	done
 done
 
 python3 - "$work" "$reps" "${settings[@]}" <<'PY'
 import glob, json, os, re, statistics, sys
 work, reps, settings = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-print(f"| GC setting | proxy CPU-µs/RPC, median (quieter half) | QPS, median | GCs per 1k RPC | GC CPU-µs/RPC (gctrace) | live heap MiB | heap goal MiB | RSS MiB at start | RSS MiB, max under load | 1.5 × live + 20 MiB | windows | other load, median % of a core |")
+print(f"| GC setting | proxy CPU-µs/RPC, median (quieter half) | QPS, median | GCs per 1k RPC | GC CPU-µs/RPC (gctrace) | live heap MiB | heap goal MiB | RSS MiB at start | RSS (anon) MiB, max under load | 1.5 × live + 20 MiB | windows | other load, median % of a core |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for s in settings:
-    runs, live, goal, gcs, gccpu, ops, rss, rss0 = [], [], [], 0, 0.0, 0, [], []
+    runs, live, goal, gcs, gccpu, ops, rss, rss0, anon = [], [], [], 0, 0.0, 0, [], [], []
     for d in glob.glob(f"{work}/*-{s.replace(':', '-')}"):
         rs = [json.loads(l) for f in glob.glob(d + "/*.jsonl") for l in open(f)]
         rs = [r for r in rs if r.get("peer") == "healthgate" and "cpu" in r]
@@ -94,6 +98,7 @@ for s in settings:
             f = open(d + "/rss").read().split()
             rss.append(int(f[0]) / 1024)
             rss0.append(int(f[2]) / 1024)
+            anon.append(int(f[3]) / 1024)
     if not runs:
         print(f"| {s} | failed |")
         continue
@@ -105,5 +110,5 @@ for s in settings:
     ml = statistics.median(live) if live else float("nan")
     mg = statistics.median(goal) if goal else float("nan")
     other = statistics.median(r.get("other_cpu_percent", 0) for r in runs)
-    print(f"| {s} | {cpu:.1f} ({qcpu:.1f}) | {qps:.0f} | {1000 * gcs / ops:.1f} | {1000 * gccpu / ops:.1f} | {ml:.0f} | {mg:.0f} | {statistics.median(rss0):.1f} | {statistics.median(rss):.1f} | {1.5 * ml + 20:.1f} | {len(runs)} | {other:.0f} |")
+    print(f"| {s} | {cpu:.1f} ({qcpu:.1f}) | {qps:.0f} | {1000 * gcs / ops:.1f} | {1000 * gccpu / ops:.1f} | {ml:.0f} | {mg:.0f} | {statistics.median(rss0):.1f} | {statistics.median(rss):.1f} ({statistics.median(anon):.1f}) | {1.5 * ml + 20:.1f} | {len(runs)} | {other:.0f} |")
 PY

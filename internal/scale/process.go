@@ -27,7 +27,9 @@ const (
 type Mem struct {
 	// RSS is VmRSS from /proc/self/status, read before the forced GCs
 	// that the other figures follow: what the process holds as it runs.
-	RSS uint64
+	// RSSAnon is its anonymous part (RssAnon): RSS less the pages of the
+	// executable, which a Go binary of this size touches by the MiB.
+	RSS, RSSAnon uint64
 	// LiveOneGC is /gc/heap/live:bytes after one runtime.GC: it still
 	// counts what sync.Pools hold (their victim caches survive one
 	// cycle), such as grpc's pooled read buffers. Live is after a second
@@ -48,10 +50,11 @@ type Mem struct {
 // adds the heap split, which costs a walk over the heap profile.
 func measure(split bool) (Mem, error) {
 	var m Mem
-	var err error
-	if m.RSS, _, err = rss(); err != nil {
+	st, err := readStatus()
+	if err != nil {
 		return m, err
 	}
+	m.RSS, m.RSSAnon = st.RSS, st.Anon
 	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	runtime.GC()
 	metrics.Read(live)
@@ -76,31 +79,37 @@ func measure(split bool) (Mem, error) {
 	return m, nil
 }
 
-// rss reads VmRSS and VmHWM (the peak) of this process.
-func rss() (cur, peak uint64, err error) {
+// procStatus is what /proc/self/status says of this process's memory.
+type procStatus struct {
+	// RSS is VmRSS; Anon its anonymous part (RssAnon), without the
+	// executable's and libraries' file pages; Peak is VmHWM.
+	RSS, Anon, Peak uint64
+}
+
+// readStatus reads /proc/self/status.
+func readStatus() (procStatus, error) {
+	var st procStatus
 	data, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		return 0, 0, fmt.Errorf("scale: rss: %w", err)
+		return st, fmt.Errorf("scale: rss: %w", err)
 	}
+	fields := map[string]*uint64{"VmRSS": &st.RSS, "RssAnon": &st.Anon, "VmHWM": &st.Peak}
 	for line := range strings.Lines(string(data)) {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok || (k != "VmRSS" && k != "VmHWM") {
+		k, v, _ := strings.Cut(line, ":")
+		dst, ok := fields[k]
+		if !ok {
 			continue
 		}
 		kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("scale: rss: %s: %w", k, err)
+			return st, fmt.Errorf("scale: rss: %s: %w", k, err)
 		}
-		if k == "VmRSS" {
-			cur = kb << 10
-		} else {
-			peak = kb << 10
-		}
+		*dst = kb << 10
 	}
-	if cur == 0 {
-		return 0, 0, fmt.Errorf("scale: rss: no VmRSS in /proc/self/status")
+	if st.RSS == 0 {
+		return st, fmt.Errorf("scale: rss: no VmRSS in /proc/self/status")
 	}
-	return cur, peak, nil
+	return st, nil
 }
 
 // goroutinesBySide counts goroutines in all and by the side label, from the

@@ -20,13 +20,14 @@ func WriteTables(w io.Writer, rs []Result) error {
 	}
 	fmt.Fprintln(tw, "Totals. RSS before forced GCs; live heap after one GC (sync.Pools still full) and after two; \"gw\" = the gateway's share (goroutines by pprof label, heap by allocation stack), the rest is the in-process backends' and the harness's. CPU per flip covers its way out and back in. Other load: CPU the rest of the machine used during the sync / the flips; times are noisy when it is high.")
 	fmt.Fprintln(tw)
-	row("backends", "GOGC", "sync (1st table, 50%, 90%)", "sync CPU (GC)", "RSS idle", "RSS after flips", "peak RSS", "live heap 1 GC / 2 GCs (gw)", "stacks", "heap goal", "goroutines (gw)", "flip-out p50 / p99", "flip-in p50 / p99", "CPU per flip (GC)", "other load")
+	row("backends", "GOGC", "sync (1st table, 50%, 90%)", "sync CPU (GC)", "RSS (anon) idle", "RSS (anon) after flips", "peak RSS", "live heap 1 GC / 2 GCs (gw)", "stacks", "heap goal", "goroutines (gw)", "flip-out p50 / p99", "flip-in p50 / p99", "CPU per flip (GC)", "other load")
 	row("---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---")
 	for _, r := range rs {
 		flips := time.Duration(max(1, len(r.FlipOut)))
 		row(r.Backends, gogc(r), fmt.Sprintf("%s (%s, %s, %s)", dur(r.Sync), dur(r.SyncFirst), dur(r.SyncHalf), dur(r.Sync90)),
 			fmt.Sprintf("%s (%s)", dur(r.SyncCost.CPU), dur(r.SyncCost.GCCPU)),
-			mib(r.Idle.RSS), mib(r.AfterFlips.RSS), mib(r.PeakRSS),
+			fmt.Sprintf("%s (%s)", mib(r.Idle.RSS), mib(r.Idle.RSSAnon)),
+			fmt.Sprintf("%s (%s)", mib(r.AfterFlips.RSS), mib(r.AfterFlips.RSSAnon)), mib(r.PeakRSS),
 			fmt.Sprintf("%s / %s (%s)", mib(r.Idle.LiveOneGC), mib(r.Idle.Live), mib(r.Idle.GatewayHeap)), mib(r.Idle.Stacks), mib(r.Idle.Goal),
 			fmt.Sprintf("%d (%d)", r.Idle.Goroutines, r.Idle.GatewayGoroutines),
 			fmt.Sprintf("%s / %s", dur(Percentile(r.FlipOut, 50)), dur(Percentile(r.FlipOut, 99))),

@@ -263,7 +263,8 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if res.AfterFlips, err = measure(cfg.SplitHeap); err != nil {
 		return res, err
 	}
-	_, res.PeakRSS, err = rss()
+	st, err := readStatus()
+	res.PeakRSS = st.Peak
 	return res, err
 }
 
