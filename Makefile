@@ -4,7 +4,7 @@ BIN     := bin
 # scripts/consul.sh prints the cached agent's path, building it the first time.
 CONSUL   = $(shell ./scripts/consul.sh)
 
-.PHONY: all build test vet fmt-check consul demo run bench bench-quick clean fuzz
+.PHONY: all build test vet fmt-check consul demo run bench bench-quick scale clean fuzz
 
 # FUZZ_TARGETS is every fuzz test, as package:Target. make test fuzzes each
 # for FUZZTIME_TEST, make fuzz for FUZZTIME. A failing input is written to
@@ -66,6 +66,18 @@ bench:
 
 bench-quick:
 	cd bench && $(GO) run ./cmd/bench -mode quick $(BENCHFLAGS)
+
+# scale: health checking of 1,000 and 5,000 in-process backends under GOGC
+# 100, 200 and 400, each run in its own process: sync time, RSS, live heap,
+# goroutines, idle cost per backend, flip-to-out latency. Takes a few
+# minutes and a few GiB; not part of make test, which runs a 200-backend
+# check of the harness instead. Override with SCALEENV, e.g.
+# SCALEENV='HEALTHGATE_SCALE_N=1000 HEALTHGATE_SCALE_GOGC=400:80MiB
+# HEALTHGATE_SCALE_REPS=3 HEALTHGATE_SCALE_PROFILE=/tmp/scale' (see
+# internal/scale/scale_test.go). scripts/bench-gogc.sh is the same question
+# for the cost per call.
+scale:
+	HEALTHGATE_SCALE=1 $(SCALEENV) $(GO) test -count=1 -timeout 60m -run '^TestScale$$' -v ./internal/scale/
 
 clean:
 	rm -rf $(BIN)
