@@ -67,7 +67,7 @@ func (h handles) state(route string, weights []int, routable []bool) *healthchec
 func (h handles) stateOf(route string, hs []*healthcheck.Handle, weights []int, routable []bool) *healthcheck.State {
 	r := &healthcheck.Route{Name: route}
 	for i, hd := range hs {
-		r.Backends = append(r.Backends, healthcheck.Backend{Addr: h.names[hd], Handle: hd, Weight: weights[i], Routable: routable[i]})
+		r.Backends = append(r.Backends, &healthcheck.Backend{Addr: h.names[hd], Handle: hd, Weight: weights[i], Routable: routable[i]})
 		if routable[i] {
 			r.Routable++
 		}

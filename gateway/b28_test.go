@@ -345,7 +345,7 @@ func (o *oneTruth) calls(r *healthcheck.Route) []string {
 func findBackend(r *healthcheck.Route, addr string) (healthcheck.Backend, bool) {
 	for _, b := range r.Backends {
 		if b.Addr == addr {
-			return b, true
+			return *b, true
 		}
 	}
 	return healthcheck.Backend{}, false

@@ -38,6 +38,9 @@ type Handle struct {
 
 	// inflight counts the calls picked for the backend and not yet done.
 	inflight atomic.Int64
+	// picked is set by each call picked for the backend and cleared by the
+	// liveness probe: whether the backend had calls since the last probe.
+	picked atomic.Bool
 	// failures counts the backend's own failures in a row (passive
 	// detection).
 	failures atomic.Int32
@@ -119,7 +122,16 @@ func (b *Handle) Addr() string { return b.addr }
 func (b *Handle) InFlight() int64 { return b.inflight.Load() }
 
 // Begin counts a call picked for the backend; Done must follow.
-func (b *Handle) Begin() { b.inflight.Add(1) }
+func (b *Handle) Begin() {
+	b.inflight.Add(1)
+	// Load first: the common case writes nothing shared.
+	if !b.picked.Load() {
+		b.picked.Store(true)
+	}
+}
+
+// busy reports whether the backend had calls since it was last asked.
+func (b *Handle) busy() bool { return b.inflight.Load() > 0 || b.picked.Swap(false) }
 
 // errNotReady fails a call picked onto a connection that left READY after
 // the table was published: waiting for it to come back could take the whole
@@ -250,7 +262,7 @@ func (b *Handle) startProbeLocked() {
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		probeLoop(ctx, b.cc, lc, func(alive bool, reason string) {
+		probeLoop(ctx, b.cc, lc, b.busy, func(alive bool, reason string) {
 			if ctx.Err() != nil {
 				return
 			}

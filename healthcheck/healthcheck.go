@@ -154,9 +154,12 @@ type Checker struct {
 	outlier atomic.Pointer[outlierPolicy]
 	// latest is the last published State, for ejection decisions.
 	latest atomic.Pointer[State]
-	// ejectMu guards the ejection fields of every Handle: a decision to
-	// eject looks at all the backends of a route at once.
+	// ejectMu guards the ejection fields of every Handle and ejected: a
+	// decision to eject looks at all the backends of a route at once.
 	ejectMu sync.Mutex
+	// ejected has the backends ejected now, so that finding the next
+	// ejection to end does not look at every backend.
+	ejected map[*Handle]struct{}
 
 	mu sync.Mutex // guards the fields below
 	// routes is cfg.Routes as last set; a reload may change it.
@@ -186,6 +189,7 @@ func New(cfg Config, logger *slog.Logger) (*Checker, error) {
 		wake:    make(chan struct{}, 1),
 		routes:  maps.Clone(cfg.Routes),
 		dirty:   map[string]struct{}{},
+		ejected: map[*Handle]struct{}{},
 		drained: make(chan struct{}),
 	}
 	c.outlier.Store(newOutlierPolicy(cfg.Outlier))
@@ -456,6 +460,9 @@ func (r *run) expire(now time.Time) {
 		if h, ok := r.handles[addr]; ok {
 			h.close()
 			delete(r.handles, addr)
+			r.c.ejectMu.Lock()
+			delete(r.c.ejected, h)
+			r.c.ejectMu.Unlock()
 		}
 		delete(r.leaving, addr)
 		if ev := r.c.cfg.Events; ev != nil {
@@ -486,7 +493,7 @@ func (r *run) nextDeadline(now time.Time) time.Time {
 		earlier(g.until)
 	}
 	r.c.ejectMu.Lock()
-	for _, h := range r.handles {
+	for h := range r.c.ejected {
 		earlier(h.ejectedUntil)
 	}
 	r.c.ejectMu.Unlock()
@@ -584,7 +591,7 @@ func (r *run) buildRoute(now time.Time, name string, eps, leavingEps []discovery
 	rc := r.routes[name]
 	rt := &Route{
 		Name: name, HealthService: defaultHealthService(rc, name), MinHealthy: minHealthy(rc),
-		Gone: gone, Backends: make([]Backend, 0, len(eps)+len(leavingEps)),
+		Gone: gone, Backends: make([]*Backend, 0, len(eps)+len(leavingEps)),
 	}
 	add := func(ep discovery.Endpoint, leavingWhy string) {
 		h, ok := r.handles[ep.Addr]
@@ -598,7 +605,7 @@ func (r *run) buildRoute(now time.Time, name string, eps, leavingEps []discovery
 		if b.Routable {
 			rt.Routable++
 		}
-		rt.Backends = append(rt.Backends, b)
+		rt.Backends = append(rt.Backends, &b)
 	}
 	for _, ep := range eps {
 		add(ep, "")
@@ -612,7 +619,7 @@ func (r *run) buildRoute(now time.Time, name string, eps, leavingEps []discovery
 			add(ep, why)
 		}
 	}
-	slices.SortFunc(rt.Backends, func(a, b Backend) int {
+	slices.SortFunc(rt.Backends, func(a, b *Backend) int {
 		switch {
 		case a.Addr < b.Addr:
 			return -1
@@ -638,11 +645,13 @@ func (r *run) refresh(now time.Time, b Backend) Backend {
 		switch {
 		case !now.Before(h.ejectedUntil):
 			h.ejectedAt, h.ejectedUntil, h.ejectReason = time.Time{}, time.Time{}, ""
+			delete(r.c.ejected, h)
 		case f.conn && f.health.routable && h.readyAt().After(h.ejectedAt):
 			// The backend reconnected since it was ejected and says
 			// SERVING: whatever failed was the old connection.
 			h.log.Info("ejection ends early: the backend reconnected and reports SERVING")
 			h.ejectedAt, h.ejectedUntil, h.ejectReason = time.Time{}, time.Time{}, ""
+			delete(r.c.ejected, h)
 		default:
 			f.ejected, f.ejectReason = h.ejectedUntil, h.ejectReason
 		}
@@ -654,18 +663,20 @@ func (r *run) refresh(now time.Time, b Backend) Backend {
 
 // patchRoute is p with the backends whose facts changed (dirty) decided
 // again, and the rest shared: a health flip costs a copy of its route's
-// slice and one backend's facts, however many backends the route has.
+// slice of pointers and one backend's facts, however many backends the
+// route has.
 // ejectMu is held.
 func (r *run) patchRoute(now time.Time, p *Route, dirty map[string]struct{}, draining bool) *Route {
 	rt := *p
 	rt.Backends = slices.Clone(p.Backends)
 	for addr := range dirty {
-		i, found := slices.BinarySearchFunc(rt.Backends, addr, func(b Backend, a string) int { return strings.Compare(b.Addr, a) })
+		i, found := slices.BinarySearchFunc(rt.Backends, addr, func(b *Backend, a string) int { return strings.Compare(b.Addr, a) })
 		if !found {
 			continue
 		}
 		was := rt.Backends[i].Routable
-		rt.Backends[i] = r.refresh(now, rt.Backends[i])
+		b := r.refresh(now, *rt.Backends[i])
+		rt.Backends[i] = &b
 		switch now := rt.Backends[i].Routable; {
 		case now && !was:
 			rt.Routable++

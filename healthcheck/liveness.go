@@ -82,8 +82,10 @@ func notRespondingReason(timeout time.Duration) string {
 }
 
 // probeLoop sends a Health/Check for "" on cc at once and then every
-// cfg.Interval until ctx ends, and reports whether the backend answers: the
-// first result, then each change. cfg must have its defaults applied.
+// cfg.Interval while busy reports calls since the last look (nil: always),
+// every cfg.IdleInterval otherwise, until ctx ends, and reports whether the
+// backend answers: the first result, then each change. cfg must have its
+// defaults applied.
 //
 // Any answer proves the backend alive, whatever the status (SERVING,
 // NOT_FOUND, UNIMPLEMENTED...): serving status is the Watch's business. A
@@ -95,12 +97,25 @@ func notRespondingReason(timeout time.Duration) string {
 //
 // report is called on probeLoop's goroutine and must not block for long: it
 // delays the next probe.
-func probeLoop(ctx context.Context, cc grpc.ClientConnInterface, cfg LivenessConfig, report func(alive bool, reason string)) {
+func probeLoop(ctx context.Context, cc grpc.ClientConnInterface, cfg LivenessConfig, busy func() bool, report func(alive bool, reason string)) {
 	client := healthpb.NewHealthClient(cc)
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
 	var known, alive bool
+	var last time.Time
 	for {
+		// A backend with calls is probed every Interval; an idle one
+		// every IdleInterval.
+		if busy == nil || busy() || time.Since(last) >= cfg.IdleInterval {
+			last = time.Now()
+		} else {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			continue
+		}
 		if a, ok := probe(ctx, client, cfg.Timeout); ok && (!known || a != alive) {
 			known, alive = true, a
 			reason := ""

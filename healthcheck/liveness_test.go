@@ -32,9 +32,11 @@ func TestLivenessConfig(t *testing.T) {
 		wantErr string
 		want    LivenessConfig
 	}{
-		{name: "zero", want: LivenessConfig{Interval: time.Second, Timeout: 2 * time.Second}},
-		{name: "set", cfg: LivenessConfig{Interval: 3 * time.Second, Timeout: 5 * time.Second}, want: LivenessConfig{Interval: 3 * time.Second, Timeout: 5 * time.Second}},
-		{name: "disabled keeps its durations", cfg: LivenessConfig{Disabled: true}, want: LivenessConfig{Interval: time.Second, Timeout: 2 * time.Second, Disabled: true}},
+		{name: "zero", want: LivenessConfig{Interval: time.Second, IdleInterval: 10 * time.Second, Timeout: 2 * time.Second}},
+		{name: "set", cfg: LivenessConfig{Interval: 3 * time.Second, IdleInterval: 30 * time.Second, Timeout: 5 * time.Second}, want: LivenessConfig{Interval: 3 * time.Second, IdleInterval: 30 * time.Second, Timeout: 5 * time.Second}},
+		{name: "idle never below busy", cfg: LivenessConfig{Interval: 20 * time.Second}, want: LivenessConfig{Interval: 20 * time.Second, IdleInterval: 20 * time.Second, Timeout: 2 * time.Second}},
+		{name: "disabled keeps its durations", cfg: LivenessConfig{Disabled: true}, want: LivenessConfig{Interval: time.Second, IdleInterval: 10 * time.Second, Timeout: 2 * time.Second, Disabled: true}},
+		{name: "negative idle interval", cfg: LivenessConfig{IdleInterval: -time.Second}, wantErr: "idle_interval:"},
 		{name: "negative interval", cfg: LivenessConfig{Interval: -time.Second}, wantErr: "interval:"},
 		{name: "negative timeout", cfg: LivenessConfig{Timeout: -time.Second}, wantErr: "timeout:"},
 	} {
@@ -397,7 +399,7 @@ func runProbeLoop(t *testing.T, cc grpc.ClientConnInterface, cfg LivenessConfig)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		probeLoop(ctx, cc, cfg.WithDefaults(), func(alive bool, reason string) {
+		probeLoop(ctx, cc, cfg.WithDefaults(), nil, func(alive bool, reason string) {
 			reports <- livenessReport{alive: alive, reason: reason, at: time.Now()}
 		})
 	}()
@@ -696,4 +698,43 @@ func (p *freezeProxy) close() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+}
+
+// TestLivenessIdleBackendProbedLessOften: a backend without calls since
+// the last look is probed every IdleInterval, not every Interval; the
+// first call makes the next tick probe.
+func TestLivenessIdleBackendProbedLessOften(t *testing.T) {
+	b := testutil.StartBackend(t)
+	cc := testutil.Dial(t, b.Addr)
+	pc := newProbeCounter(cc)
+	looks := make(chan struct{}, 1024)
+	var busy atomic.Bool
+	cfg := LivenessConfig{Interval: 5 * time.Millisecond, IdleInterval: time.Hour}.WithDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		probeLoop(ctx, pc, cfg, func() bool {
+			looks <- struct{}{}
+			return busy.Load()
+		}, func(bool, string) {})
+	}()
+	defer func() { cancel(); <-done }()
+	pc.wait(t, 1) // the first probe, at once
+	waitLooks := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-looks:
+			case <-time.After(livenessWait):
+				t.Fatalf("probeLoop stopped looking")
+			}
+		}
+	}
+	waitLooks(20)
+	if n := len(pc.outcomes); n != 0 {
+		t.Fatalf("%d probes in 20 idle ticks, want none before IdleInterval", n)
+	}
+	busy.Store(true)
+	pc.wait(t, 3)
 }

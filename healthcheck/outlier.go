@@ -133,6 +133,7 @@ func (c *Checker) eject(b *Handle, cfg *outlierPolicy, reason string) {
 	n := min(b.ejectionsInRow.Add(1), 10)
 	d := cfg.Ejection * time.Duration(n)
 	b.ejectedAt, b.ejectedUntil, b.ejectReason = now, now.Add(d), reason
+	c.ejected[b] = struct{}{}
 	c.ejectMu.Unlock()
 	b.log.Warn("backend ejected", "for", d, "reason", reason)
 	if ev := c.cfg.Events; ev != nil {

@@ -50,7 +50,7 @@ func (s *State) Backend(route, addr string) (Backend, bool) {
 	if r, ok := s.Routes[route]; ok {
 		for _, b := range r.Backends {
 			if b.Addr == addr {
-				return b, true
+				return *b, true
 			}
 		}
 	}
@@ -65,8 +65,9 @@ type Route struct {
 	HealthService string
 	// MinHealthy is how many routable backends make the route SERVING.
 	MinHealthy int
-	// Backends sorted by address.
-	Backends []Backend
+	// Backends sorted by address. A Backend is shared by every version of
+	// the table in which it did not change: never modify one.
+	Backends []*Backend
 	// Routable counts the backends that take new calls.
 	Routable int
 	// Serving: the gateway is not draining, the route is still listed by
@@ -170,8 +171,8 @@ func (r *Route) same(o *Route) bool {
 		r.Routable != o.Routable || r.Serving != o.Serving || r.Gone != o.Gone || len(r.Backends) != len(o.Backends) {
 		return false
 	}
-	for i := range r.Backends {
-		if !r.Backends[i].same(o.Backends[i]) {
+	for i, b := range r.Backends {
+		if b != o.Backends[i] && !b.same(*o.Backends[i]) {
 			return false
 		}
 	}

@@ -72,9 +72,17 @@ func (s Settings) WithDefaults() Settings {
 // Timeout, or the backend is "not responding": it leaves the rotation and
 // its connection is cut, so that its calls in flight fail at once.
 type Liveness struct {
-	// Interval is the time between the starts of two probes. Probes never
-	// overlap: one that is still waiting delays the next. Zero means 1s.
+	// Interval is the time between the starts of two probes of a backend
+	// that has had calls since the last probe: where a hang would hold
+	// calls. Probes never overlap: one that is still waiting delays the
+	// next. Zero means 1s.
 	Interval time.Duration `yaml:"interval"`
+	// IdleInterval is the time between probes of a backend that has had no
+	// call since the last: a hang there holds nothing yet, and a probe per
+	// second of each of thousands of idle backends would cost a core's
+	// share for nothing. The first call picked for it makes the next tick
+	// probe. Zero means 10s; never below Interval.
+	IdleInterval time.Duration `yaml:"idle_interval"`
 	// Timeout is how long a probe waits for an answer before the backend
 	// counts as not responding. Zero means 2s. A backend that hangs is
 	// found within about Interval+Timeout.
@@ -91,6 +99,8 @@ func (l Liveness) Validate() error {
 		return fmt.Errorf("interval: must not be negative, got %s", l.Interval)
 	case l.Timeout < 0:
 		return fmt.Errorf("timeout: must not be negative, got %s", l.Timeout)
+	case l.IdleInterval < 0:
+		return fmt.Errorf("idle_interval: must not be negative, got %s", l.IdleInterval)
 	}
 	return nil
 }
@@ -105,6 +115,10 @@ func (l Liveness) WithDefaults() Liveness {
 	if l.Timeout == 0 {
 		l.Timeout = 2 * time.Second
 	}
+	if l.IdleInterval == 0 {
+		l.IdleInterval = 10 * time.Second
+	}
+	l.IdleInterval = max(l.IdleInterval, l.Interval)
 	return l
 }
 
