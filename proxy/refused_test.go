@@ -18,9 +18,9 @@ import (
 	"github.com/healthgate/healthgate/proxy"
 )
 
-// refuser is an HTTP/2 server that answers every stream with
-// RST_STREAM(REFUSED_STREAM): a backend that never processes a call, as
-// one at its stream limit does.
+// refuser is an HTTP/2 server that answers every stream, once its request
+// has ended, with RST_STREAM(REFUSED_STREAM): a backend that never
+// processed the call, as one at its stream limit says.
 type refuser struct {
 	lis net.Listener
 	wg  sync.WaitGroup
@@ -92,12 +92,24 @@ func (r *refuser) serve(c net.Conn) {
 				fr.WritePing(true, f.Data)
 			}
 		case *http2.HeadersFrame:
-			r.mu.Lock()
-			r.refused++
-			r.mu.Unlock()
-			fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+			if f.StreamEnded() {
+				r.refuse(fr, f.StreamID)
+			}
+		case *http2.DataFrame:
+			// Refused once the whole request has arrived: every message
+			// was read from the client and must be sent again.
+			if f.StreamEnded() {
+				r.refuse(fr, f.StreamID)
+			}
 		}
 	}
+}
+
+func (r *refuser) refuse(fr *http2.Framer, id uint32) {
+	r.mu.Lock()
+	r.refused++
+	r.mu.Unlock()
+	fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
 }
 
 func (r *refuser) count() int {
