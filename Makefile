@@ -68,7 +68,8 @@ bench-quick:
 	cd bench && $(GO) run ./cmd/bench -mode quick $(BENCHFLAGS)
 
 # scale: health checking of 1,000 and 5,000 in-process backends under GOGC
-# 100, 200 and 400, each run in its own process: sync time, RSS, live heap,
+# 100, 400, and 400 with the soft limit healthgate keeps by itself (400:live),
+# each run in its own process: sync time, RSS, live heap,
 # goroutines, idle cost per backend, flip-to-out latency. Takes a few
 # minutes and a few GiB; not part of make test, which runs a 200-backend
 # check of the harness instead. Override with SCALEENV, e.g.

@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/healthgate/healthgate/internal/memlimit"
 	"github.com/healthgate/healthgate/internal/scale"
 )
 
@@ -69,9 +70,13 @@ const (
 	// scaleEnv turns TestScale on.
 	scaleEnv = "HEALTHGATE_SCALE"
 	// nEnv lists the backend counts; gogcEnv the GC settings, each GOGC
-	// or GOGC:GOMEMLIMIT ("400:600MiB").
+	// or GOGC:GOMEMLIMIT ("400:600MiB"), or GOGC:live for the limit
+	// healthgate keeps by itself ("400:live").
 	nEnv    = "HEALTHGATE_SCALE_N"
 	gogcEnv = "HEALTHGATE_SCALE_GOGC"
+	// liveLimitEnv tells a child to keep healthgate's own soft memory
+	// limit (GOGC "400:live").
+	liveLimitEnv = "HEALTHGATE_SCALE_LIVE_LIMIT"
 	// flipsEnv is the number of flips per run (default 200).
 	flipsEnv = "HEALTHGATE_SCALE_FLIPS"
 	// repsEnv runs each configuration that many times (default 1) and
@@ -96,7 +101,7 @@ func TestScale(t *testing.T) {
 		t.Skip("the race detector distorts time and memory: run without -race")
 	}
 	ns := envList(nEnv, "1000,5000")
-	gcs := envList(gogcEnv, "100,200,400")
+	gcs := envList(gogcEnv, "100,400,400:live")
 	reps, err := strconv.Atoi(envList(repsEnv, "1")[0])
 	if err != nil || reps < 1 {
 		t.Fatalf("%s: want a positive number", repsEnv)
@@ -152,7 +157,13 @@ func runChild(t *testing.T, n, gc string) scale.Result {
 	t.Helper()
 	gogc, limit, _ := strings.Cut(gc, ":")
 	env := append(os.Environ(), childEnv+"="+n, "GOGC="+gogc)
-	if limit != "" {
+	switch limit {
+	case "":
+	case "live":
+		// The limit healthgate itself keeps when GOGC and GOMEMLIMIT are
+		// unset: internal/memlimit, following the live set.
+		env = append(env, liveLimitEnv+"=1")
+	default:
 		env = append(env, "GOMEMLIMIT="+limit)
 	}
 	if dir := os.Getenv(profileEnv); dir != "" {
@@ -203,6 +214,12 @@ func TestScaleChild(t *testing.T) {
 	dir := os.Getenv(profileEnv)
 	if dir != "" {
 		runtime.MemProfileRate = 4 << 10
+	}
+	if os.Getenv(liveLimitEnv) != "" {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- memlimit.Run(ctx, memlimit.Config{}) }()
+		defer func() { cancel(); <-done }()
 	}
 	r, err := scale.Run(t.Context(), scale.Config{Backends: n, Flips: flips, SplitHeap: true, ProfileDir: dir})
 	if err != nil {
