@@ -16,8 +16,10 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync/atomic"
 	"time"
 )
 
@@ -75,8 +77,13 @@ func (c Config) Limit(live, stack uint64) int64 {
 	return int64(l)
 }
 
-// Run sets the soft memory limit now and every cfg.Every after, until ctx
-// ends; then it puts back the limit it found.
+// Run sets the soft memory limit now, after every garbage collection and
+// every cfg.Every, until ctx ends; then it puts back the limit it found.
+//
+// After every collection, because the live heap it follows is measured by
+// collections: while the live set grows (thousands of backends connecting
+// at start), a limit set from an older measurement would sit below what
+// the process needs and the collector would run without pause.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("memlimit: %w", err)
@@ -87,6 +94,9 @@ func Run(ctx context.Context, cfg Config) error {
 	samples := []metrics.Sample{{Name: liveHeap}, {Name: stacks}}
 	t := time.NewTicker(cfg.Every)
 	defer t.Stop()
+	gc := make(chan struct{}, 1)
+	stop := afterEachGC(gc)
+	defer stop()
 	for {
 		metrics.Read(samples)
 		var live, stack uint64
@@ -101,6 +111,36 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-gc:
 		}
 	}
+}
+
+// sentinel is garbage whose finalizer runs after the collection that
+// found it unreachable, and makes the next one.
+type sentinel struct {
+	ch      chan<- struct{}
+	stopped *atomic.Bool
+}
+
+// afterEachGC sends on ch (without blocking) after every garbage collection
+// until stop is called: a finalizer on an unreachable object runs after
+// each cycle, the runtime's only signal of one.
+func afterEachGC(ch chan<- struct{}) (stop func()) {
+	stopped := new(atomic.Bool)
+	var arm func()
+	arm = func() {
+		runtime.SetFinalizer(&sentinel{ch: ch, stopped: stopped}, func(s *sentinel) {
+			if s.stopped.Load() {
+				return
+			}
+			select {
+			case s.ch <- struct{}{}:
+			default:
+			}
+			arm()
+		})
+	}
+	arm()
+	return func() { stopped.Store(true) }
 }

@@ -2,6 +2,7 @@ package memlimit
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"testing"
 	"time"
@@ -52,4 +53,34 @@ func TestRunSetsAndRestores(t *testing.T) {
 	if after := debug.SetMemoryLimit(-1); after != before {
 		t.Fatalf("limit after Run: %d, want the %d found before", after, before)
 	}
+}
+
+// TestLimitFollowsEachCollection: the limit moves after a collection that
+// measured a bigger live heap, without waiting for the timer, so that a
+// live set growing fast (a start with thousands of backends) does not run
+// into a stale limit.
+func TestLimitFollowsEachCollection(t *testing.T) {
+	// The live heap measured from here excludes what earlier tests left.
+	runtime.GC()
+	runtime.GC()
+	before := debug.SetMemoryLimit(-1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Config{Every: time.Hour}) }()
+	defer func() {
+		cancel()
+		<-done
+		debug.SetMemoryLimit(before)
+	}()
+	testutil.WaitFor(t, 10*time.Second, "the first limit", func() bool { return debug.SetMemoryLimit(-1) != before })
+	first := debug.SetMemoryLimit(-1)
+	live := make([]byte, 96<<20)
+	for i := range live {
+		live[i] = byte(i)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the limit to follow a 96 MiB live heap", func() bool {
+		runtime.GC()
+		return debug.SetMemoryLimit(-1) >= first+96<<20
+	})
+	runtime.KeepAlive(live)
 }
