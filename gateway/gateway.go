@@ -90,7 +90,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		Settings:    cfg.Health,
 		Routes:      p.routes,
 		Outlier:     cfg.Outlier,
-		DialOptions: backendDialOptions(),
+		DialOptions: BackendDialOptions(),
 		Events:      g.metrics,
 	}, logger)
 	if err != nil {
@@ -197,7 +197,10 @@ func serverOptions() []grpc.ServerOption {
 	}
 }
 
-func backendDialOptions() []grpc.DialOption {
+// BackendDialOptions are the options of every backend connection; exported
+// so that what measures health checking at scale (internal/scale) pays
+// what the gateway pays per backend.
+func BackendDialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithUserAgent("healthgate/" + Version),

@@ -528,15 +528,22 @@ func (r *run) build(now time.Time, prev *State, full bool, dirty map[string]stru
 	}
 	r.c.ejectMu.Lock()
 	defer r.c.ejectMu.Unlock()
+	// reuse is the previous version of a route that a partial build may
+	// keep, patched where its backends changed.
+	reuse := func(name string) (*Route, bool) {
+		if full {
+			return nil, false
+		}
+		p, ok := prev.Routes[name]
+		if ok && todo[name] {
+			p = r.patchRoute(now, p, dirty, draining)
+		}
+		return p, ok
+	}
 	for name, eps := range r.snap.Routes {
-		if !full {
-			if p, ok := prev.Routes[name]; ok {
-				if todo[name] {
-					p = r.patchRoute(now, p, dirty, draining)
-				}
-				st.Routes[name] = p
-				continue
-			}
+		if p, ok := reuse(name); ok {
+			st.Routes[name] = p
+			continue
 		}
 		st.Routes[name] = r.buildRoute(now, name, eps, leavingIn[name], false, draining)
 	}
@@ -544,14 +551,9 @@ func (r *run) build(now time.Time, prev *State, full bool, dirty map[string]stru
 		if _, ok := st.Routes[name]; ok {
 			continue
 		}
-		if !full {
-			if p, ok := prev.Routes[name]; ok {
-				if todo[name] {
-					p = r.patchRoute(now, p, dirty, draining)
-				}
-				st.Routes[name] = p
-				continue
-			}
+		if p, ok := reuse(name); ok {
+			st.Routes[name] = p
+			continue
 		}
 		st.Routes[name] = r.buildRoute(now, name, nil, g.eps, true, draining)
 	}
