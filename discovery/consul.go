@@ -32,6 +32,11 @@ type ConsulConfig struct {
 	ConsulSettings
 	// Routes are the config file's routes that name a Consul service.
 	Routes []ConsulRoute
+	// Authoritative are the routes the config file defines, whatever their
+	// backends' source: route tags never add backends to them, so that a
+	// service anyone can register does not join a route the operator
+	// wrote down.
+	Authoritative []string
 	// WaitTime bounds one blocking query. Zero means 5m.
 	WaitTime time.Duration
 	// RetryBase and RetryMax bound the backoff while Consul is unreachable.
@@ -305,6 +310,9 @@ func (r *consulRun) snapshotLocked() Snapshot {
 	// passes: its calls are UNAVAILABLE, not UNIMPLEMENTED.
 	for _, routes := range r.catalogLocked() {
 		for _, route := range routes {
+			if slices.Contains(r.c.cfg.Authoritative, route) {
+				continue
+			}
 			if _, ok := snap.Routes[route]; !ok {
 				snap.Routes[route] = nil
 			}
@@ -317,7 +325,7 @@ func (r *consulRun) snapshotLocked() Snapshot {
 		}
 		for _, e := range r.entriesLocked(k) {
 			for _, tag := range e.Service.Tags {
-				if route, ok := strings.CutPrefix(tag, prefix); ok && route != "" {
+				if route, ok := strings.CutPrefix(tag, prefix); ok && route != "" && !slices.Contains(r.c.cfg.Authoritative, route) {
 					snap.Routes[route] = append(snap.Routes[route], endpointOf(e))
 				}
 			}

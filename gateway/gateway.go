@@ -228,7 +228,9 @@ func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discov
 	var srcs []discovery.Source
 	static := discovery.Static{}
 	var consulRoutes []discovery.ConsulRoute
+	var configured []string
 	for _, r := range cfg.Routes {
+		configured = append(configured, r.Service)
 		if len(r.Backends) > 0 {
 			static[r.Service] = r.Backends
 		}
@@ -241,7 +243,7 @@ func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discov
 	}
 	if cfg.Consul.Address != "" {
 		c, err := discovery.NewConsul(discovery.ConsulConfig{
-			ConsulSettings: cfg.Consul, Routes: consulRoutes, OnQuery: m.ConsulQuery,
+			ConsulSettings: cfg.Consul, Routes: consulRoutes, Authoritative: configured, OnQuery: m.ConsulQuery,
 			// An emptied Consul keeps the last known backends for as long
 			// as a deregistered backend keeps its calls.
 			ResetGrace: cfg.Health.WithDefaults().DrainGrace,
