@@ -100,7 +100,11 @@ func NewConsul(cfg ConsulConfig, logger *slog.Logger) (*Consul, error) {
 	if err != nil {
 		return nil, fmt.Errorf("discovery: consul %s: %w", cfg.Address, err)
 	}
-	return &Consul{cfg: cfg, client: client, log: logger.With("component", "discovery", "consul", cfg.Address)}, nil
+	c := &Consul{cfg: cfg, client: client, log: logger.With("component", "discovery", "consul", cfg.Address)}
+	if cfg.TLS.InsecureSkipVerify {
+		c.log.Warn("consul.tls.insecure_skip_verify is set: the Consul agent's certificate is not verified, and anyone on the path can answer as Consul and choose the gateway's backends")
+	}
+	return c, nil
 }
 
 // APIConfig is the Consul API client configuration for cfg: address (with
