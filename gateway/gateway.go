@@ -51,6 +51,7 @@ type Gateway struct {
 	health  *healthserver.Server
 	metrics *metrics.Metrics
 	srv     *grpc.Server
+	proxy   *proxy.Proxy
 	state   atomic.Pointer[healthcheck.State]
 
 	// listening is true while the listener accepts calls.
@@ -104,6 +105,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	g.proxy = px
 	g.srv = grpc.NewServer(append(px.ServerOptions(), serverOptions()...)...)
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	return g, nil
@@ -371,6 +373,7 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 		checkDone <- g.checker.Run(runCtx, g.source, g.publish)
 	}()
 	serveDone := make(chan error, 1)
+	lis = g.proxy.Listener(lis)
 	go func() { serveDone <- g.srv.Serve(lis) }()
 	g.listening.Store(true)
 	g.log.Info("healthgate serving", "listen", lis.Addr().String())

@@ -50,6 +50,8 @@ func change(t *testing.T, v reflect.Value, backend string) {
 		} else {
 			v.SetInt(v.Int() + 1)
 		}
+	case reflect.Uint, reflect.Uint32, reflect.Uint64:
+		v.SetUint(v.Uint() + 1)
 	case reflect.String:
 		v.SetString(v.String() + "1")
 	case reflect.Slice:

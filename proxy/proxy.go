@@ -12,11 +12,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/healthgate/healthgate/proxy/proxycfg"
@@ -186,12 +188,34 @@ func New(cfg Config, picker Picker, logger *slog.Logger) (*Proxy, error) {
 // (the gateway's own health service) keep working: the codec falls back to
 // protobuf for their typed messages.
 func (p *Proxy) ServerOptions() []grpc.ServerOption {
+	l := p.cfg.Limits
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(p.codec),
 		grpc.UnknownServiceHandler(p.handle),
 		grpc.MaxRecvMsgSize(p.cfg.MaxRequestBytes),
 		grpc.MaxSendMsgSize(p.cfg.MaxResponseBytes),
+		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(l.MaxHeaderListBytes),
+		grpc.ConnectionTimeout(l.HandshakeTimeout),
+		// Edge clients keep connections alive through NATs and load
+		// balancers with PINGs, also between calls; more often than the
+		// minimum is a flood, answered with GOAWAY ENHANCE_YOUR_CALM.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.MinPingInterval, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle:     l.IdleTimeout,
+			MaxConnectionAge:      l.MaxConnectionAge,
+			MaxConnectionAgeGrace: grace(l.MaxConnectionAgeGrace),
+		}),
 	}
+}
+
+// grace is MaxConnectionAgeGrace for grpc: zero means no end, which grpc
+// spells as the longest duration.
+func grace(d time.Duration) time.Duration {
+	if d == 0 {
+		return time.Duration(math.MaxInt64)
+	}
+	return d
 }
 
 // pickStatus is the status of a failed pick.

@@ -33,6 +33,91 @@ type Settings struct {
 	// to). From anyone else they are replaced: a client cannot choose the
 	// address a backend sees. Empty means nobody is trusted.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// Limits bound what one client can hold of the gateway.
+	Limits Limits `yaml:"limits"`
+}
+
+// Limits bound what clients can make the gateway hold: streams, header
+// bytes, connections and their time. Every engine enforces the same
+// values. The zero value of each field is its documented default; none is
+// unlimited by default.
+type Limits struct {
+	// MaxConcurrentStreams per client connection, advertised in SETTINGS;
+	// a stream beyond it is refused (REFUSED_STREAM), which a client may
+	// retry. Zero means 1000.
+	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
+	// MaxHeaderListBytes bounds a request's header block once decoded
+	// (HPACK included, so a small block that expands is bounded too),
+	// advertised in SETTINGS. Zero means 16 KiB.
+	MaxHeaderListBytes uint32 `yaml:"max_header_list_bytes"`
+	// HandshakeTimeout is how long a new connection has to finish its TLS
+	// handshake and HTTP/2 preface; a client that sends it slowly is cut.
+	// Zero means 10s.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// MinPingInterval is the shortest interval between a client's
+	// keepalive PINGs that the gateway accepts, with or without calls in
+	// flight; a client that pings more often gets GOAWAY
+	// ENHANCE_YOUR_CALM. Zero means 10s.
+	MinPingInterval time.Duration `yaml:"min_ping_interval"`
+	// IdleTimeout closes (GOAWAY) a connection without calls for that long.
+	// Zero means 5m.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxConnectionAge sends GOAWAY to a connection that old, so that
+	// long-lived clients reconnect and spread over gateway replicas; its
+	// calls in flight go on for MaxConnectionAgeGrace. Zero means 30m.
+	MaxConnectionAge time.Duration `yaml:"max_connection_age"`
+	// MaxConnectionAgeGrace is how long calls in flight on a connection
+	// past its age may go on before the connection is closed under them.
+	// Zero means no end: a long stream is never cut.
+	MaxConnectionAgeGrace time.Duration `yaml:"max_connection_age_grace"`
+	// MaxConnections bounds the client connections open at once; one more
+	// is closed as soon as it is accepted. Zero means 10000.
+	MaxConnections int `yaml:"max_connections"`
+}
+
+// Validate reports the first field that cannot be used, by its YAML key.
+func (l Limits) Validate() error {
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{
+		{"handshake_timeout", l.HandshakeTimeout}, {"min_ping_interval", l.MinPingInterval}, {"idle_timeout", l.IdleTimeout},
+		{"max_connection_age", l.MaxConnectionAge}, {"max_connection_age_grace", l.MaxConnectionAgeGrace},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("%s: must not be negative, got %s", d.key, d.v)
+		}
+	}
+	if l.MaxConnections < 0 {
+		return fmt.Errorf("max_connections: must not be negative, got %d", l.MaxConnections)
+	}
+	return nil
+}
+
+// WithDefaults is l with every zero value replaced by what it means.
+func (l Limits) WithDefaults() Limits {
+	if l.MaxConcurrentStreams == 0 {
+		l.MaxConcurrentStreams = 1000
+	}
+	if l.MaxHeaderListBytes == 0 {
+		l.MaxHeaderListBytes = 16 << 10
+	}
+	if l.HandshakeTimeout == 0 {
+		l.HandshakeTimeout = 10 * time.Second
+	}
+	if l.MinPingInterval == 0 {
+		l.MinPingInterval = 10 * time.Second
+	}
+	if l.IdleTimeout == 0 {
+		l.IdleTimeout = 5 * time.Minute
+	}
+	if l.MaxConnectionAge == 0 {
+		l.MaxConnectionAge = 30 * time.Minute
+	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = 10000
+	}
+	return l
 }
 
 // Validate reports the first field that cannot be used, by its YAML key.
@@ -44,6 +129,9 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("max_response_bytes: must not be negative, got %d", s.MaxResponseBytes)
 	case s.DefaultTimeout < 0:
 		return fmt.Errorf("default_timeout: must not be negative, got %s", s.DefaultTimeout)
+	}
+	if err := s.Limits.Validate(); err != nil {
+		return fmt.Errorf("limits.%w", err)
 	}
 	_, err := s.TrustedPrefixes()
 	return err
@@ -57,6 +145,7 @@ func (s Settings) WithDefaults() Settings {
 	if s.MaxResponseBytes == 0 {
 		s.MaxResponseBytes = DefaultMaxMessageBytes
 	}
+	s.Limits = s.Limits.WithDefaults()
 	return s
 }
 

@@ -1,0 +1,52 @@
+package proxy
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// Listener wraps lis so that at most Limits.MaxConnections client
+// connections are open at once. One more is closed as soon as it is
+// accepted: its client learns at once, and may go to another gateway,
+// instead of waiting in the kernel's backlog for a slot.
+func (p *Proxy) Listener(lis net.Listener) net.Listener {
+	return &capped{Listener: lis, max: int64(p.cfg.Limits.MaxConnections)}
+}
+
+type capped struct {
+	net.Listener
+	max  int64
+	open atomic.Int64
+	// refused counts the connections closed for being over the cap.
+	refused atomic.Int64
+}
+
+func (l *capped) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.open.Add(1) > l.max {
+			l.open.Add(-1)
+			l.refused.Add(1)
+			c.Close()
+			continue
+		}
+		return &countedConn{Conn: c, l: l}, nil
+	}
+}
+
+// countedConn gives its slot back when it is closed, once.
+type countedConn struct {
+	net.Conn
+	l    *capped
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return err
+}
