@@ -8,7 +8,7 @@
 # container's loopback only. To reach it from outside, say so on purpose:
 #
 #   docker run -p 9000:9000 -p 127.0.0.1:9901:9901 healthgate \
-#     -config /etc/healthgate/healthgate.yaml -listen 0.0.0.0:9000 \
+#     -config /etc/healthgate/healthgate.yaml -listen 0.0.0.0:9000 -listen-plaintext \
 #     -admin 0.0.0.0:9901 -admin-public
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
@@ -28,4 +28,6 @@ EXPOSE 9000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["/usr/local/bin/healthgate", "probe", "-addr", "127.0.0.1:9000", "-timeout", "2s"]
 ENTRYPOINT ["/usr/local/bin/healthgate"]
-CMD ["-config", "/etc/healthgate/healthgate.yaml", "-listen", "0.0.0.0:9000", "-admin", "127.0.0.1:9901"]
+# Plaintext h2c inside the container network; set listen_tls in the config
+# (and drop -listen-plaintext) to terminate TLS here.
+CMD ["-config", "/etc/healthgate/healthgate.yaml", "-listen", "0.0.0.0:9000", "-listen-plaintext", "-admin", "127.0.0.1:9901"]

@@ -26,6 +26,11 @@ import (
 type Config struct {
 	// Listen is the gRPC address clients call. Default 127.0.0.1:9000.
 	Listen string `yaml:"listen"`
+	// ListenTLS terminates TLS on the listener; proxy owns it.
+	ListenTLS proxycfg.ListenTLS `yaml:"listen_tls"`
+	// ListenPlaintext allows a listener without TLS on an address that is
+	// not loopback. Plaintext on loopback needs no permission.
+	ListenPlaintext bool `yaml:"listen_plaintext"`
 	// Admin is the HTTP admin address (/healthz, /readyz, /metrics,
 	// /backends, the status page); empty means no admin listener. A host
 	// that is not loopback must be allowed with AdminPublic; a bare
@@ -240,6 +245,13 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Proxy.Validate(); err != nil {
 		return fmt.Errorf("proxy.%w", err)
+	}
+	if err := c.ListenTLS.Validate(); err != nil {
+		return fmt.Errorf("listen_tls.%w", err)
+	}
+	// An edge listener without TLS is a choice to make on purpose.
+	if host, _, err := net.SplitHostPort(c.Listen); err == nil && !c.ListenTLS.Enabled() && !c.ListenPlaintext && !isLoopback(host) {
+		return fmt.Errorf("listen: %q is not a loopback address and listen_tls is not set; set listen_tls.cert_file and key_file, or listen_plaintext: true (-listen-plaintext) to serve plaintext h2c on purpose", c.Listen)
 	}
 	return nil
 }

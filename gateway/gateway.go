@@ -7,11 +7,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -34,8 +37,10 @@ import (
 	"github.com/healthgate/healthgate/discovery"
 	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/healthserver"
+	"github.com/healthgate/healthgate/internal/certfile"
 	"github.com/healthgate/healthgate/metrics"
 	"github.com/healthgate/healthgate/proxy"
+	"github.com/healthgate/healthgate/proxy/proxycfg"
 	"github.com/healthgate/healthgate/register"
 )
 
@@ -101,7 +106,11 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		return nil, err
 	}
 	g.health = healthserver.New(logger)
-	px, err := proxy.New(proxy.Config{Settings: cfg.Proxy, Observer: g.metrics}, picker{g.bal}, logger)
+	listenTLS, err := serverTLS(cfg.ListenTLS, logger)
+	if err != nil {
+		return nil, err
+	}
+	px, err := proxy.New(proxy.Config{Settings: cfg.Proxy, Observer: g.metrics, ListenTLS: listenTLS}, picker{g.bal}, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -109,6 +118,39 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	g.srv = grpc.NewServer(append(px.ServerOptions(), serverOptions()...)...)
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	return g, nil
+}
+
+// serverTLS is the listener's TLS configuration; nil without TLS. The
+// certificate is read from its files again when they change, so a renewal
+// needs no restart.
+func serverTLS(t proxycfg.ListenTLS, logger *slog.Logger) (*tls.Config, error) {
+	if !t.Enabled() {
+		return nil, nil
+	}
+	r, err := certfile.New(t.CertFile, t.KeyFile, time.Second, logger)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: listen_tls: %w", err)
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: r.GetCertificate}
+	if t.MinVersion == "1.3" {
+		c.MinVersion = tls.VersionTLS13
+	}
+	if t.ClientCAFile != "" {
+		pem, err := os.ReadFile(t.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: listen_tls.client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("gateway: listen_tls.client_ca_file: %s holds no PEM certificate", t.ClientCAFile)
+		}
+		c.ClientCAs = pool
+		c.ClientAuth = tls.VerifyClientCertIfGiven
+		if t.RequireClientCert {
+			c.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+	}
+	return c, nil
 }
 
 // effective is cfg with every default filled in, each section's by the

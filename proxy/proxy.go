@@ -9,6 +9,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
@@ -107,6 +109,8 @@ type Config struct {
 	Settings
 	// Observer, if set, is told of every call.
 	Observer Observer
+	// ListenTLS, if set, terminates TLS on the listener (ALPN h2 is added).
+	ListenTLS *tls.Config
 	// MaxAttempts bounds how many backends one call is sent to when a
 	// backend does not accept it (its connection broke between the pick
 	// and the send, is not READY, or the backend refused the stream or
@@ -189,7 +193,7 @@ func New(cfg Config, picker Picker, logger *slog.Logger) (*Proxy, error) {
 // protobuf for their typed messages.
 func (p *Proxy) ServerOptions() []grpc.ServerOption {
 	l := p.cfg.Limits
-	return []grpc.ServerOption{
+	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(p.codec),
 		grpc.UnknownServiceHandler(p.handle),
 		grpc.MaxRecvMsgSize(p.cfg.MaxRequestBytes),
@@ -207,6 +211,10 @@ func (p *Proxy) ServerOptions() []grpc.ServerOption {
 			MaxConnectionAgeGrace: grace(l.MaxConnectionAgeGrace),
 		}),
 	}
+	if p.cfg.ListenTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(p.cfg.ListenTLS)))
+	}
+	return opts
 }
 
 // grace is MaxConnectionAgeGrace for grpc: zero means no end, which grpc

@@ -48,7 +48,7 @@ func main() {
 // flags are the command line's overrides of the config file.
 type flags struct {
 	configPath, listen, admin, consul, logLevel, logFormat string
-	adminPublic, pprof                                     bool
+	adminPublic, pprof, listenPlaintext                    bool
 }
 
 // load reads the config file, if any, and applies flags and environment.
@@ -65,6 +65,7 @@ func (f flags) load() (*config.Config, error) {
 	override(&cfg.Log.Level, f.logLevel)
 	override(&cfg.Log.Format, f.logFormat)
 	cfg.AdminPublic = cfg.AdminPublic || f.adminPublic
+	cfg.ListenPlaintext = cfg.ListenPlaintext || f.listenPlaintext
 	cfg.Pprof = cfg.Pprof || f.pprof
 	if cfg.Consul.Address == "" {
 		cfg.Consul.Address = os.Getenv("CONSUL_HTTP_ADDR")
@@ -89,6 +90,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&f.listen, "listen", "", "gRPC listen address (overrides the config's listen; default "+config.DefaultListen+")")
 	fs.StringVar(&f.admin, "admin", "", "admin HTTP address (overrides the config's admin; loopback unless -admin-public)")
 	fs.BoolVar(&f.adminPublic, "admin-public", false, "allow an admin address that is not loopback")
+	fs.BoolVar(&f.listenPlaintext, "listen-plaintext", false, "serve plaintext h2c on a listen address that is not loopback (without listen_tls)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the admin address")
 	fs.StringVar(&f.consul, "consul", "", "Consul HTTP address (overrides the config and $CONSUL_HTTP_ADDR)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (overrides the config)")

@@ -167,3 +167,41 @@ func (s Settings) TrustedPrefixes() ([]netip.Prefix, error) {
 	}
 	return out, nil
 }
+
+// ListenTLS is TLS on the listener clients call: the listen_tls: section.
+// The zero value is no TLS.
+type ListenTLS struct {
+	// CertFile and KeyFile are the gateway's certificate chain and key,
+	// PEM. Files replaced on disk are used by new connections within a
+	// second; open connections keep theirs.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile, when set, verifies client certificates against these
+	// CAs (mTLS); RequireClientCert refuses a client without one at the
+	// handshake.
+	ClientCAFile      string `yaml:"client_ca_file"`
+	RequireClientCert bool   `yaml:"require_client_cert"`
+	// MinVersion is "1.2" or "1.3". Empty means 1.2.
+	MinVersion string `yaml:"min_version"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t ListenTLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+
+// Validate reports the first field that cannot be used, by its YAML key.
+func (t ListenTLS) Validate() error {
+	switch {
+	case (t.CertFile == "") != (t.KeyFile == ""):
+		return fmt.Errorf("cert_file and key_file go together")
+	case t.ClientCAFile != "" && !t.Enabled():
+		return fmt.Errorf("client_ca_file: needs cert_file and key_file")
+	case t.RequireClientCert && t.ClientCAFile == "":
+		return fmt.Errorf("require_client_cert: needs client_ca_file")
+	}
+	switch t.MinVersion {
+	case "", "1.2", "1.3":
+	default:
+		return fmt.Errorf("min_version: %q is not 1.2 or 1.3", t.MinVersion)
+	}
+	return nil
+}
