@@ -8,10 +8,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,14 +61,16 @@ func (ca *testCA) issue(t *testing.T, serial int64, client bool) (certPEM, keyPE
 		t.Fatal(err)
 	}
 	usage := x509.ExtKeyUsageServerAuth
+	var uris []*url.URL
 	if client {
 		usage = x509.ExtKeyUsageClientAuth
+		uris = []*url.URL{{Scheme: "spiffe", Host: "healthgate.test", Path: "/client"}}
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "healthgate test"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"}, URIs: uris,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -168,7 +173,8 @@ func TestB60_TLSListenerReloadsCertificates(t *testing.T) {
 
 // TestB61_ClientCertificateRequired: with a client CA and
 // require_client_cert, a client without a valid certificate is refused at
-// the handshake and one with a certificate from the CA is served.
+// the handshake and one with a certificate from the CA is served, its
+// verified identity (URI SAN) in the access log.
 func TestB61_ClientCertificateRequired(t *testing.T) {
 	ca := newTestCA(t)
 	dir := t.TempDir()
@@ -178,10 +184,12 @@ func TestB61_ClientCertificateRequired(t *testing.T) {
 	writeFile(t, keyFile, k1)
 	writeFile(t, caFile, ca.pem)
 	b := testutil.StartBackend(t)
-	h := startGateway(t, config.Config{
+	var logs lockedBuffer
+	h := startGatewayLog(t, config.Config{
 		Routes:    []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}},
 		ListenTLS: proxycfg.ListenTLS{CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile, RequireClientCert: true},
-	})
+		Log:       config.Log{Access: true},
+	}, slog.New(slog.NewTextHandler(&logs, nil)))
 	h.routable(t, testutil.TestService, 1)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca.pem)
@@ -223,4 +231,7 @@ func TestB61_ClientCertificateRequired(t *testing.T) {
 	if _, err := testutil.Unary(t.Context(), good, "/test.Svc/Echo", []byte("x")); err != nil {
 		t.Fatalf("a client with a certificate from the CA: %v", err)
 	}
+	testutil.WaitFor(t, 10*time.Second, "the access log line with the client's identity", func() bool {
+		return strings.Contains(logs.String(), "client=spiffe://healthgate.test/client")
+	})
 }

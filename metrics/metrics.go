@@ -214,8 +214,15 @@ func (m *Metrics) CallFinished(c proxy.CallInfo) {
 		m.respBytes.Add(float64(c.ResponseBytes))
 	}
 	if m.access != nil {
-		m.access.Info("rpc", "method", c.FullMethod, "backend", c.Upstream, "code", c.Code.String(),
-			"duration", c.Duration, "request_bytes", c.RequestBytes, "response_bytes", c.ResponseBytes)
+		attrs := []any{"method", c.FullMethod, "backend", c.Upstream, "code", c.Code.String(),
+			"duration", c.Duration, "request_bytes", c.RequestBytes, "response_bytes", c.ResponseBytes}
+		if c.Attempts > 1 {
+			attrs = append(attrs, "attempts", c.Attempts)
+		}
+		if c.ClientIdentity != "" {
+			attrs = append(attrs, "client", c.ClientIdentity)
+		}
+		m.access.Info("rpc", attrs...)
 	}
 }
 

@@ -43,6 +43,9 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		obs.CallStarted()
 	}
 	info := CallInfo{FullMethod: method, Routed: true}
+	if obs != nil {
+		info.ClientIdentity = clientIdentity(ctx)
+	}
 	finish := func(err error) error {
 		if obs != nil {
 			info.Code, info.Duration = status.Code(err), time.Since(arrived)

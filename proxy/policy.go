@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 )
@@ -81,6 +82,29 @@ func requestMD(ctx context.Context) (metadata.MD, net.Addr) {
 		from = pr.Addr
 	}
 	return md, from
+}
+
+// clientIdentity is the identity a client proved with its TLS certificate,
+// verified against the listener's client CA: the first URI SAN (a SPIFFE
+// ID), else the first DNS SAN, else the subject's common name. Empty without
+// a verified certificate.
+func clientIdentity(ctx context.Context) string {
+	pr, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	ti, ok := pr.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	leaf := ti.State.VerifiedChains[0][0]
+	switch {
+	case len(leaf.URIs) > 0:
+		return leaf.URIs[0].String()
+	case len(leaf.DNSNames) > 0:
+		return leaf.DNSNames[0]
+	}
+	return leaf.Subject.CommonName
 }
 
 // contentSubtype is the subtype of a gRPC content-type:

@@ -90,6 +90,9 @@ type CallInfo struct {
 	// Attempts is how many backends the call was sent to: more than one
 	// when a backend did not accept it.
 	Attempts int
+	// ClientIdentity is what the client's verified TLS certificate says it
+	// is (URI SAN, else DNS SAN, else common name); empty without one.
+	ClientIdentity string
 }
 
 // Picker chooses the upstream of each call.
