@@ -238,7 +238,7 @@ func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 			}
 		}
 		if !synced {
-			synced = (!!c.cfg.DisableAutoRoutes || r.catalog != nil) && len(r.results) == len(watches)
+			synced = (c.cfg.DisableAutoRoutes || r.catalog != nil) && len(r.results) == len(watches)
 		}
 		snap := r.snapshotLocked()
 		r.mu.Unlock()
@@ -434,6 +434,10 @@ func (r *consulRun) watchCatalog(ctx context.Context) {
 	}, func(services map[string][]string, reset bool) {
 		found := map[string][]string{}
 		for svc, tags := range services {
+			if !r.c.cfg.AutoRoutes(svc) {
+				// Not a service allowed to join routes by its tags.
+				continue
+			}
 			for _, t := range tags {
 				if route, ok := strings.CutPrefix(t, prefix); ok && route != "" {
 					found[svc] = append(found[svc], route)

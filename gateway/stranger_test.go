@@ -57,3 +57,27 @@ func TestConfiguredRouteIsAuthoritative(t *testing.T) {
 	default:
 	}
 }
+
+// TestAutoRouteServicesLimitWhoJoins: with consul.auto_route_services set,
+// only the Consul services matching a pattern join routes by their tags.
+func TestAutoRouteServicesLimitWhoJoins(t *testing.T) {
+	c := testutil.StartConsul(t)
+	allowed, stranger := testutil.StartBackend(t), testutil.StartBackend(t)
+	go drainCalls(t, stranger)
+	cfg := consulCfg(c.Addr)
+	cfg.Consul.AutoRouteServices = []string{"team-a-*"}
+	h := startGateway(t, cfg)
+	c.Register(t, "", testutil.RouteReg("stranger", "intruder", stranger.Addr, testutil.TestService))
+	c.Register(t, "", testutil.RouteReg("allowed", "team-a-auth", allowed.Addr, testutil.TestService))
+	h.routable(t, testutil.TestService, 1)
+	testutil.WaitFor(t, 10*time.Second, "the catalog to list the intruder", func() bool {
+		svcs, _, err := c.Client(t, "").Catalog().Services(nil)
+		return err == nil && len(svcs["intruder"]) > 0
+	})
+	if _, ok := h.g.State().Backend(testutil.TestService, stranger.Addr); ok {
+		t.Fatal("a service outside auto_route_services joined the route")
+	}
+	if _, ok := h.g.State().Backend(testutil.TestService, allowed.Addr); !ok {
+		t.Fatal("the allowed service is not in the route")
+	}
+}

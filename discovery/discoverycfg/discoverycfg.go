@@ -9,7 +9,11 @@
 // standard library alone, and config's imports test holds it to that.
 package discoverycfg
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"path"
+)
 
 // DefaultRoute names the route that takes calls for gRPC services that no
 // other route covers.
@@ -43,6 +47,11 @@ type Consul struct {
 	// file are served. Off by default: every service that carries route
 	// tags is routed.
 	DisableAutoRoutes bool `yaml:"disable_auto_routes"`
+	// AutoRouteServices, when set, limits auto routes to the Consul
+	// services whose names match one of these patterns (path.Match: "*"
+	// and "?"): a service outside them carrying a route tag joins no route.
+	// Empty means every service, as far as Consul's ACLs let it register.
+	AutoRouteServices []string `yaml:"auto_route_services"`
 	// TLS to the agent; the zero value is plain HTTP.
 	TLS TLS `yaml:"tls"`
 }
@@ -61,7 +70,29 @@ func (c Consul) Validate() error {
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("tls: cert_file and key_file go together")
 	}
+	for i, p := range c.AutoRouteServices {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("auto_route_services[%d]: %q is not a pattern: %w", i, p, err)
+		}
+	}
 	return nil
+}
+
+// AutoRoutes reports whether the Consul service svc may join routes by its
+// route tags.
+func (c Consul) AutoRoutes(svc string) bool {
+	if c.DisableAutoRoutes {
+		return false
+	}
+	if len(c.AutoRouteServices) == 0 {
+		return true
+	}
+	for _, p := range c.AutoRouteServices {
+		if ok, _ := path.Match(p, svc); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // WithDefaults is c with every zero value replaced by what it means.
