@@ -30,6 +30,8 @@ type Handle struct {
 	// tracker dialed cc's current TCP connection, and can cut it when the
 	// backend stops answering on it.
 	tracker *connTracker
+	// transport is how cc dials: plaintext or TLS.
+	transport transport
 	// ctx is the backend's lifetime: cancelled by close, it ends the
 	// monitor and every Watch.
 	ctx    context.Context
@@ -92,18 +94,26 @@ type health struct {
 	since    time.Time
 }
 
-func (c *Checker) newHandle(ctx context.Context, addr string) (*Handle, error) {
+func (c *Checker) newHandle(ctx context.Context, addr string, t transport) (*Handle, error) {
 	// passthrough: the address is already resolved by discovery, and a DNS
 	// resolver per backend would only add goroutines and delay.
 	tracker := &connTracker{}
 	opts := append(slices.Clip(c.cfg.DialOptions), grpc.WithContextDialer(tracker.Dialer()))
+	creds, err := t.dialOption()
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", addr, err)
+	}
+	if creds != nil {
+		// After the configured options: it replaces their credentials.
+		opts = append(opts, creds)
+	}
 	cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", addr, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	b := &Handle{
-		addr: addr, cc: cc, c: c, ctx: ctx, cancel: cancel, tracker: tracker,
+		addr: addr, cc: cc, c: c, ctx: ctx, cancel: cancel, tracker: tracker, transport: t,
 		log:        c.log.With("addr", addr),
 		connReason: "connecting",
 		alive:      true,

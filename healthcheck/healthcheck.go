@@ -384,6 +384,7 @@ func (r *run) reconcile(ctx context.Context, now time.Time, fresh bool) {
 	c := r.c
 	r.synced = r.synced || r.snap.Synced
 	want := map[string]map[string]bool{} // address -> health services
+	dials := map[string][]transport{}    // address -> how its routes dial it
 	for route, eps := range r.snap.Routes {
 		rc := r.routes[route]
 		for _, ep := range eps {
@@ -391,6 +392,7 @@ func (r *run) reconcile(ctx context.Context, now time.Time, fresh bool) {
 				want[ep.Addr] = map[string]bool{}
 			}
 			want[ep.Addr][healthService(rc, route, ep)] = true
+			dials[ep.Addr] = append(dials[ep.Addr], transportFor(rc, ep))
 		}
 	}
 	until := now.Add(c.cfg.DrainGrace)
@@ -415,10 +417,22 @@ func (r *run) reconcile(ctx context.Context, now time.Time, fresh bool) {
 		}
 	}
 	for addr, svcs := range want {
+		t := pick(dials[addr])
 		h, ok := r.handles[addr]
+		if ok && h.transport != t {
+			// A connection cannot change how it was dialled: the backend
+			// gets a new one, and the calls on the old one end.
+			c.log.Info("backend transport changed, reconnecting", "addr", addr, "from", h.transport.String(), "to", t.String())
+			h.close()
+			delete(r.handles, addr)
+			c.ejectMu.Lock()
+			delete(c.ejected, h)
+			c.ejectMu.Unlock()
+			ok = false
+		}
 		if !ok {
 			var err error
-			h, err = c.newHandle(ctx, addr)
+			h, err = c.newHandle(ctx, addr, t)
 			if err != nil {
 				c.log.Error("cannot create backend connection", "addr", addr, "err", err)
 				continue

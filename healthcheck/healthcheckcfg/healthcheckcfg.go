@@ -220,12 +220,45 @@ type RouteConfig struct {
 	// MinHealthy is how many routable backends the route needs to report
 	// SERVING in the gateway's own health. Zero means 1.
 	MinHealthy int `yaml:"min_healthy"`
+	// BackendTLS, when set, dials the route's backends with TLS (and a
+	// client certificate for mTLS); the health Watch and the liveness probe
+	// use the same connection. An instance may also ask for TLS itself
+	// with the service meta healthgate_tls=true (and
+	// healthgate_tls_server_name).
+	BackendTLS *BackendTLS `yaml:"backend_tls"`
+}
+
+// BackendTLS is TLS from the gateway to a backend.
+type BackendTLS struct {
+	// CAFile verifies the backend's certificate; empty means the system's
+	// roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are the gateway's client certificate, for
+	// backends that require mTLS.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName is the name the backend's certificate must carry; empty
+	// means the host of its address.
+	ServerName string `yaml:"server_name"`
+}
+
+// Validate reports the first field that cannot be used.
+func (t BackendTLS) Validate() error {
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return fmt.Errorf("cert_file and key_file go together")
+	}
+	return nil
 }
 
 // Validate reports the first field that cannot be used.
 func (r RouteConfig) Validate() error {
 	if r.MinHealthy < 0 {
 		return fmt.Errorf("min_healthy: must not be negative, got %d", r.MinHealthy)
+	}
+	if r.BackendTLS != nil {
+		if err := r.BackendTLS.Validate(); err != nil {
+			return fmt.Errorf("backend_tls.%w", err)
+		}
 	}
 	return nil
 }
