@@ -237,3 +237,79 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// TestB64_RapidResetStaysBounded: a client that opens streams and resets
+// them at once, thousands in a row (CVE-2023-44487), neither grows the
+// gateway's goroutines without bound nor stops it serving others.
+func TestB64_RapidResetStaysBounded(t *testing.T) {
+	h, _ := limitsGateway(t, proxycfg.Limits{MaxConcurrentStreams: 100})
+	base := runtime.NumGoroutine()
+	c := dialH2(t, h.addr)
+	c.serverSettings()
+	peak := 0
+	const n = 5000
+	for i := range n {
+		id := c.stream()
+		c.headers(id, request("/test.Svc/Block"), false)
+		c.check(c.fr.WriteRSTStream(id, http2.ErrCodeCancel))
+		if i%500 == 0 {
+			peak = max(peak, runtime.NumGoroutine())
+		}
+		if c.broken {
+			break
+		}
+	}
+	t.Logf("%d streams opened and reset; goroutines %d before, at most %d during", n, base, peak)
+	// 100 streams at most at once, a few goroutines each, and the test's
+	// own: far from one per stream sent.
+	if peak > base+1000 {
+		t.Fatalf("goroutines went from %d to %d: reset streams are not bounded by max_concurrent_streams", base, peak)
+	}
+	cc := testutil.Dial(t, h.addr)
+	if _, err := testutil.Unary(t.Context(), cc, "/test.Svc/Echo", []byte("after")); err != nil {
+		t.Fatalf("another client after the rapid resets: %v", err)
+	}
+	c.nc.Close()
+	testutil.WaitFor(t, 10*time.Second, "goroutines back near the baseline", func() bool { return runtime.NumGoroutine() <= base+20 })
+}
+
+// TestB64_MaxConnectionAgeSparesCallsInFlight: a connection past its age
+// gets GOAWAY, so its client reconnects (elsewhere, behind a load
+// balancer), while a call in flight on it goes on: the default grace has no
+// end.
+func TestB64_MaxConnectionAgeSparesCallsInFlight(t *testing.T) {
+	h, _ := limitsGateway(t, proxycfg.Limits{MaxConnectionAge: 300 * time.Millisecond})
+	c := dialH2(t, h.addr)
+	c.serverSettings()
+	id := c.stream()
+	c.headers(id, request("/test.Svc/Echo"), false)
+	c.data(id, false, validMessage("before"))
+	start := time.Now()
+	var goAway *http2.GoAwayFrame
+	gotEcho := 0
+	for goAway == nil || gotEcho < 2 {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("reading: %v (GOAWAY %v, echoes %d)", err, goAway, gotEcho)
+		}
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			if goAway == nil {
+				goAway = f
+				t.Logf("GOAWAY after %v (max_connection_age 300ms)", time.Since(start).Round(time.Millisecond))
+				// The call opened before the GOAWAY goes on.
+				c.data(id, false, validMessage("after"))
+			}
+		case *http2.DataFrame:
+			if f.StreamID == id && len(f.Data()) > 0 {
+				gotEcho++
+			}
+		case *http2.RSTStreamFrame:
+			t.Fatalf("the call in flight was reset (%v): the grace has no end by default", f.ErrCode)
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				c.check(c.fr.WritePing(true, f.Data))
+			}
+		}
+	}
+}
