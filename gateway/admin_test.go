@@ -209,15 +209,19 @@ type backendsDoc struct {
 		Serving       bool   `json:"serving"`
 		Routable      int    `json:"routable"`
 		MinHealthy    int    `json:"min_healthy"`
+		Gone          bool   `json:"gone"`
 		Backends      []struct {
-			Addr      string    `json:"addr"`
-			Discovery string    `json:"discovery"`
-			Weight    int       `json:"weight"`
-			Health    string    `json:"health"`
-			Routable  bool      `json:"routable"`
-			Reason    string    `json:"reason"`
-			Since     time.Time `json:"since"`
-			InFlight  int64     `json:"in_flight"`
+			Addr          string     `json:"addr"`
+			Discovery     string     `json:"discovery"`
+			Weight        int        `json:"weight"`
+			HealthService string     `json:"health_service"`
+			Health        string     `json:"health"`
+			Routable      bool       `json:"routable"`
+			Reason        string     `json:"reason"`
+			Since         time.Time  `json:"since"`
+			InFlight      int64      `json:"in_flight"`
+			EjectedUntil  *time.Time `json:"ejected_until"`
+			Leaving       bool       `json:"leaving"`
 		} `json:"backends"`
 	} `json:"routes"`
 }

@@ -45,33 +45,6 @@ type oneTruth struct {
 	versions []uint64
 }
 
-// b28Doc is /backends as a consumer reads it, with every field the table
-// decides.
-type b28Doc struct {
-	Version  uint64 `json:"version"`
-	Synced   bool   `json:"synced"`
-	Draining bool   `json:"draining"`
-	Ready    bool   `json:"ready"`
-	Why      string `json:"not_ready_reason"`
-	Routes   []struct {
-		Route         string `json:"route"`
-		HealthService string `json:"health_service"`
-		Serving       bool   `json:"serving"`
-		Routable      int    `json:"routable"`
-		MinHealthy    int    `json:"min_healthy"`
-		Gone          bool   `json:"gone"`
-		Backends      []struct {
-			Addr          string     `json:"addr"`
-			HealthService string     `json:"health_service"`
-			Health        string     `json:"health"`
-			Routable      bool       `json:"routable"`
-			Reason        string     `json:"reason"`
-			EjectedUntil  *time.Time `json:"ejected_until"`
-			Leaving       bool       `json:"leaving"`
-		} `json:"backends"`
-	} `json:"routes"`
-}
-
 func servingStatus(ok bool) healthpb.HealthCheckResponse_ServingStatus {
 	if ok {
 		return healthpb.HealthCheckResponse_SERVING
@@ -181,7 +154,7 @@ func (o *oneTruth) compare(st *healthcheck.State) []string {
 
 	// (b) /backends.
 	code, body := get(o.t, o.srv, "/backends")
-	var doc b28Doc
+	var doc backendsDoc
 	if err := json.Unmarshal([]byte(body), &doc); code != http.StatusOK || err != nil {
 		badf("/backends: %d %v", code, err)
 	}

@@ -3,10 +3,8 @@ package gateway_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -65,11 +63,7 @@ type b29Backend struct {
 // backendDoc finds addr in route in /backends.
 func backendDoc(t *testing.T, srv *httptest.Server, route, addr string) (b29Backend, bool) {
 	t.Helper()
-	code, body := get(t, srv, "/backends")
-	var doc b28Doc
-	if err := json.Unmarshal([]byte(body), &doc); code != http.StatusOK || err != nil {
-		t.Fatalf("/backends: %d %v\n%s", code, err, body)
-	}
+	doc := getBackends(t, srv)
 	for _, r := range doc.Routes {
 		if r.Route != route {
 			continue

@@ -198,6 +198,10 @@ func splitMethod(full string) (string, string) {
 	return "unknown", full
 }
 
+// WantsClientIdentity tells the proxy that the client's TLS identity is
+// read only for the access log.
+func (m *Metrics) WantsClientIdentity() bool { return m.access != nil }
+
 // CallStarted implements proxy.Observer.
 func (m *Metrics) CallStarted() { m.inFlight.Inc() }
 

@@ -43,7 +43,7 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		obs.CallStarted()
 	}
 	info := CallInfo{FullMethod: method, Routed: true}
-	if obs != nil {
+	if p.identity {
 		info.ClientIdentity = clientIdentity(ctx)
 	}
 	finish := func(err error) error {
@@ -81,10 +81,8 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		herr  error
 		// pump reads the client's messages; it outlives an attempt that the
 		// backend did not accept, and replays what it kept to the next.
-		pump     *requests
-		stopLast context.CancelFunc = func() {}
+		pump *requests
 	)
-	defer func() { stopLast() }()
 	release := func() {
 		if pump != nil {
 			pump.release()
@@ -107,10 +105,9 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 			release()
 			return finish(status.Errorf(codes.Internal, "healthgate: upstream %s cannot carry grpc streams", up.Addr()))
 		}
-		// Each attempt has its own context: one the backend did not accept
-		// is let go of without touching the call.
-		attemptCtx, stop := context.WithCancel(outCtx)
-		cs, err = gu.NewStream(attemptCtx, &streamDesc, method, opts...)
+		// An attempt given up on needs no cancelling: its stream was
+		// never opened, or has already ended with the refusal.
+		cs, err = gu.NewStream(outCtx, &streamDesc, method, opts...)
 		if err == nil {
 			if pump == nil {
 				pump = newRequests(ss, cs, cancel, p.cfg.ReplayBufferBytes)
@@ -133,12 +130,10 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 				herr = cs.RecvMsg(&f)
 			}
 			if md != nil || ctx.Err() != nil || !notAccepted(herr) || !pump.replayable() || len(tried)+1 >= p.cfg.MaxAttempts {
-				stopLast = stop
 				break
 			}
 			err = herr
 		}
-		stop()
 		if ctx.Err() != nil {
 			up.Done(Outcome{Code: codes.Canceled, Origin: FromClient})
 			release()

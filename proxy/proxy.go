@@ -75,6 +75,12 @@ type Observer interface {
 	CallFinished(CallInfo)
 }
 
+// identityObserver is an Observer that says whether it reads
+// CallInfo.ClientIdentity; one that does not spare every call the lookup.
+type identityObserver interface {
+	WantsClientIdentity() bool
+}
+
 // CallInfo describes a finished call.
 type CallInfo struct {
 	// FullMethod is "/pkg.Service/Method".
@@ -154,6 +160,8 @@ type Proxy struct {
 	codec  codec
 	// trusted is cfg.TrustedProxies, parsed once.
 	trusted []netip.Prefix
+	// identity: the observer reads the client's TLS identity.
+	identity bool
 	// callOpts are the options of every backend call that keeps the default
 	// content subtype; built once because they are the same for all calls.
 	callOpts []grpc.CallOption
@@ -181,6 +189,9 @@ func New(cfg Config, picker Picker, logger *slog.Logger) (*Proxy, error) {
 		picker:  picker,
 		log:     logger.With("component", "proxy"),
 		codec:   newCodec(),
+	}
+	if o, ok := cfg.Observer.(identityObserver); ok {
+		p.identity = o.WantsClientIdentity()
 	}
 	p.callOpts = []grpc.CallOption{
 		grpc.ForceCodecV2(p.codec),

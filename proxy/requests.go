@@ -34,8 +34,11 @@ type requests struct {
 	mu sync.Mutex // guards the fields below
 	// cur is the backend stream messages go to.
 	cur grpc.ClientStream
-	// kept are the messages sent so far, while a replay is possible.
+	// kept are the messages sent so far, while a replay is possible;
+	// keptArr holds the first ones without an allocation (a unary call
+	// has one).
 	kept      []mem.BufferSlice
+	keptArr   [2]mem.BufferSlice
 	keptBytes int
 	// keeping is false once the backend answered or kept overflowed.
 	keeping    bool
@@ -43,7 +46,9 @@ type requests struct {
 }
 
 func newRequests(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelCauseFunc, limit int) *requests {
-	return &requests{ss: ss, cur: cs, cancel: cancel, limit: limit, keeping: limit > 0}
+	r := &requests{ss: ss, cur: cs, cancel: cancel, limit: limit, keeping: limit > 0}
+	r.kept = r.keptArr[:0]
+	return r
 }
 
 func (r *requests) run() {
@@ -126,5 +131,6 @@ func (r *requests) releaseLocked() {
 	for _, d := range r.kept {
 		d.Free()
 	}
+	clear(r.kept)
 	r.kept, r.keptBytes, r.keeping = nil, 0, false
 }
