@@ -136,6 +136,10 @@ type BackendView struct {
 	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
 	// Leaving is set while the backend drains out of the route.
 	Leaving bool `json:"leaving,omitempty"`
+	// Transport is how the gateway dials the backend: plaintext, tls
+	// (with its server name and whether a client certificate is sent) or
+	// connect (with the Consul service it must prove to be).
+	Transport string `json:"transport,omitempty"`
 }
 
 // Snapshot builds the /backends document.
@@ -160,6 +164,7 @@ func Snapshot(g Gateway) View {
 			}
 			if b.Handle != nil {
 				bv.InFlight = b.Handle.InFlight()
+				bv.Transport = b.Handle.Transport()
 			}
 			if !b.EjectedUntil.IsZero() {
 				until := b.EjectedUntil

@@ -208,6 +208,10 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s: neither backends nor consul_service is set", f)
 		case len(r.Tags) > 0 && r.ConsulService == "":
 			return fmt.Errorf("%s.tags: tags filter consul_service, which is not set", f)
+		case r.Health.Connect && c.Consul.Address == "":
+			return fmt.Errorf("%s.connect: the gateway's Connect certificate comes from the Consul agent, and consul.address is not set", f)
+		case r.Health.Connect && len(r.Backends) > 0 && r.Health.ConnectService == "":
+			return fmt.Errorf("%s.connect_service: static backends of a connect route need the Consul service whose identity they present", f)
 		}
 		if err := r.Health.Validate(); err != nil {
 			return fmt.Errorf("%s.%w", f, err)

@@ -424,6 +424,10 @@ func endpointOf(e *api.ServiceEntry) Endpoint {
 		Tags:   e.Service.Tags,
 		Meta:   e.Service.Meta,
 		Status: status,
+
+		Service:       e.Service.Service,
+		Datacenter:    e.Node.Datacenter,
+		ConnectNative: e.Service.Connect != nil && e.Service.Connect.Native,
 	}
 }
 

@@ -30,6 +30,13 @@ type Endpoint struct {
 	// "warning" or "critical" for Consul (only passing ones unless
 	// configured), "static" for the config file.
 	Status string
+	// Service and Datacenter are the Consul service the instance belongs
+	// to and its datacenter; empty for static backends.
+	Service, Datacenter string
+	// ConnectNative: the instance is a Consul Connect-native service. It
+	// takes only mTLS with a certificate of the Connect CA, and presents
+	// one naming Service in Datacenter.
+	ConnectNative bool
 }
 
 // Snapshot is everything a source knows at one moment.
@@ -53,7 +60,8 @@ func (s Snapshot) Equal(o Snapshot) bool {
 }
 
 func (e Endpoint) equal(o Endpoint) bool {
-	return e.Addr == o.Addr && e.Weight == o.Weight && e.Status == o.Status && slices.Equal(e.Tags, o.Tags) && maps.Equal(e.Meta, o.Meta)
+	return e.Addr == o.Addr && e.Weight == o.Weight && e.Status == o.Status && slices.Equal(e.Tags, o.Tags) && maps.Equal(e.Meta, o.Meta) &&
+		e.Service == o.Service && e.Datacenter == o.Datacenter && e.ConnectNative == o.ConnectNative
 }
 
 // Source reports the endpoints of routes.

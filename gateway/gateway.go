@@ -57,6 +57,7 @@ type Gateway struct {
 	metrics *metrics.Metrics
 	srv     *grpc.Server
 	proxy   *proxy.Proxy
+	connect *discovery.ConnectCA
 	state   atomic.Pointer[healthcheck.State]
 
 	// listening is true while the listener accepts calls.
@@ -92,12 +93,16 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		return nil, err
 	}
 	g.source = discovery.NewSwitch(p.source)
+	// Always there, idle until a Connect backend needs it: Consul may come
+	// with a reload.
+	g.connect = discovery.NewConnectCA(cfg.Consul, g.metrics.ConsulQuery, logger)
 	g.checker, err = healthcheck.New(healthcheck.Config{
 		Settings:    cfg.Health,
 		Routes:      p.routes,
 		Outlier:     cfg.Outlier,
 		DialOptions: BackendDialOptions(),
 		Events:      g.metrics,
+		Connect:     g.connect,
 	}, logger)
 	if err != nil {
 		return nil, err
@@ -305,6 +310,9 @@ func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discov
 	return discovery.Merge(srcs...), nil
 }
 
+// ConnectStatus is the gateway's Consul Connect identity in hand.
+func (g *Gateway) ConnectStatus() discovery.ConnectStatus { return g.connect.Status() }
+
 // State is the latest routing table; nil before the first.
 func (g *Gateway) State() *healthcheck.State { return g.state.Load() }
 
@@ -356,6 +364,7 @@ func (g *Gateway) Reload(cfg config.Config) (needRestart []string, err error) {
 	if err := g.checker.SetRoutes(p.routes); err != nil {
 		return nil, fmt.Errorf("gateway: reload: %w", err)
 	}
+	g.connect.Set(cfg.Consul)
 	g.source.Set(p.source)
 	g.log.Info("configuration reloaded", "routes", len(cfg.Routes), "needs_restart", needRestart)
 	return needRestart, nil
@@ -413,6 +422,11 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	checkDone := make(chan error, 1)
 	go func() {
 		checkDone <- g.checker.Run(runCtx, g.source, g.publish)
+	}()
+	connectDone := make(chan struct{})
+	go func() {
+		defer close(connectDone)
+		g.connect.Run(runCtx)
 	}()
 	serveDone := make(chan error, 1)
 	lis = g.proxy.Listener(lis)
@@ -493,6 +507,7 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 		<-stopped
 	}
 	stop()
+	<-connectDone
 	if cerr := <-checkDone; err == nil {
 		err = cerr
 	}

@@ -99,13 +99,13 @@ func (c *Checker) newHandle(ctx context.Context, addr string, t transport) (*Han
 	// resolver per backend would only add goroutines and delay.
 	tracker := &connTracker{}
 	opts := append(slices.Clip(c.cfg.DialOptions), grpc.WithContextDialer(tracker.Dialer()))
-	creds, err := t.dialOption()
+	creds, err := t.creds(c.cfg.Connect)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", addr, err)
 	}
 	if creds != nil {
 		// After the configured options: it replaces their credentials.
-		opts = append(opts, creds)
+		opts = append(opts, grpc.WithTransportCredentials(trackedCreds{creds, tracker}))
 	}
 	cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
@@ -126,6 +126,10 @@ func (c *Checker) newHandle(ctx context.Context, addr string, t transport) (*Han
 
 // Addr is the backend's address, host:port.
 func (b *Handle) Addr() string { return b.addr }
+
+// Transport says how the backend is dialled, for people: plaintext, tls
+// or connect, with what each checks.
+func (b *Handle) Transport() string { return b.transport.String() }
 
 // InFlight is the number of calls picked for the backend and not yet done,
 // routable or not: a backend out of rotation still finishes its calls.
@@ -219,6 +223,9 @@ func (b *Handle) setConn(st connectivity.State) {
 		// Every change while not ready is news for /backends: connecting,
 		// refused (TRANSIENT_FAILURE), idle after a GOAWAY.
 		b.connReason = "connection " + st.String()
+		if err := b.tracker.LastErr(); st == connectivity.TransientFailure && err != nil {
+			b.connReason += ": " + err.Error()
+		}
 		if !b.alive {
 			// Keep the cause: the connection was cut because the backend
 			// stopped answering.

@@ -67,6 +67,9 @@ type Config struct {
 	DialOptions []grpc.DialOption
 	// Events, if set, is told of what the checker sees happen.
 	Events Events
+	// Connect, if set, is the gateway's Connect identity, for backends
+	// that are Connect-native or on a connect route.
+	Connect ConnectIdentity
 }
 
 func minHealthy(rc RouteConfig) int { return rc.WithDefaults().MinHealthy }

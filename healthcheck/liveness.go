@@ -40,11 +40,27 @@ type LivenessConfig = healthcheckcfg.Liveness
 type connTracker struct {
 	d net.Dialer
 
-	mu sync.Mutex // guards conn
+	mu sync.Mutex // guards conn and lastErr
 	// conn is the latest connection dialed, nil before the first dial and
 	// after Sever. grpc dials one connection at a time per address, so the
 	// latest is the one in use.
 	conn net.Conn
+	// lastErr is why the latest attempt to connect failed: the dial or the
+	// TLS handshake; nil after a dial that succeeded.
+	lastErr error
+}
+
+func (t *connTracker) failed(err error) {
+	t.mu.Lock()
+	t.lastErr = err
+	t.mu.Unlock()
+}
+
+// LastErr is why the latest attempt to connect failed; nil if it did not.
+func (t *connTracker) LastErr() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lastErr
 }
 
 // Dialer is for grpc.WithContextDialer.
@@ -52,10 +68,11 @@ func (t *connTracker) Dialer() func(ctx context.Context, addr string) (net.Conn,
 	return func(ctx context.Context, addr string) (net.Conn, error) {
 		c, err := t.d.DialContext(ctx, "tcp", addr)
 		if err != nil {
+			t.failed(err)
 			return nil, err
 		}
 		t.mu.Lock()
-		t.conn = c
+		t.conn, t.lastErr = c, nil
 		t.mu.Unlock()
 		return c, nil
 	}

@@ -1,13 +1,15 @@
 package healthcheck
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/healthgate/healthgate/discovery"
@@ -30,9 +32,17 @@ const (
 type transport struct {
 	tls                       bool
 	ca, cert, key, serverName string
+	// connect dials with the gateway's Connect identity; the backend must
+	// present the identity of Consul service connectSvc (in connectDC,
+	// unless empty).
+	connect               bool
+	connectSvc, connectDC string
 }
 
 func (t transport) String() string {
+	if t.connect {
+		return fmt.Sprintf("connect (service %q)", t.connectSvc)
+	}
 	if !t.tls {
 		return "plaintext"
 	}
@@ -42,6 +52,13 @@ func (t transport) String() string {
 // transportFor is how to dial ep as a backend of a route configured rc: the
 // route's backend_tls, then what the instance says of itself.
 func transportFor(rc RouteConfig, ep discovery.Endpoint) transport {
+	if rc.Connect || ep.ConnectNative {
+		svc := rc.ConnectService
+		if svc == "" {
+			svc = ep.Service
+		}
+		return transport{tls: true, connect: true, connectSvc: svc, connectDC: ep.Datacenter}
+	}
 	var t transport
 	if b := rc.BackendTLS; b != nil {
 		t = transport{tls: true, ca: b.CAFile, cert: b.CertFile, key: b.KeyFile, serverName: b.ServerName}
@@ -64,6 +81,15 @@ func transportFor(rc RouteConfig, ep discovery.Endpoint) transport {
 func pick(ts []transport) transport {
 	slices.SortFunc(ts, func(a, b transport) int {
 		switch {
+		case a.connect != b.connect:
+			// Connect first: an instance that is Connect-native takes
+			// nothing else.
+			if a.connect {
+				return -1
+			}
+			return 1
+		case a.connectSvc != b.connectSvc:
+			return cmpString(a.connectSvc, b.connectSvc)
 		case a.tls != b.tls:
 			if a.tls {
 				return -1
@@ -89,9 +115,19 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// dialOption is the credentials of t; nil for plaintext (the configured
-// dial options carry it).
-func (t transport) dialOption() (grpc.DialOption, error) {
+// creds is the credentials of t; nil for plaintext (the configured dial
+// options carry it). id is the gateway's Connect identity, nil when there
+// is none.
+func (t transport) creds(id ConnectIdentity) (credentials.TransportCredentials, error) {
+	if t.connect {
+		switch {
+		case t.connectSvc == "":
+			return nil, errors.New("a static backend of a connect route needs the route's connect_service")
+		case id == nil:
+			return nil, fmt.Errorf("backend needs Consul Connect (service %q) but the gateway has no Connect identity: set consul.address", t.connectSvc)
+		}
+		return connectCreds{credentials.NewTLS(id.ClientTLS(t.connectSvc, t.connectDC)), id}, nil
+	}
 	if !t.tls {
 		return nil, nil
 	}
@@ -114,5 +150,57 @@ func (t transport) dialOption() (grpc.DialOption, error) {
 		}
 		c.Certificates = []tls.Certificate{pair}
 	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(c)), nil
+	return credentials.NewTLS(c), nil
+}
+
+// ConnectIdentity is the gateway's identity in Consul Connect, with which
+// Connect backends are dialled; discovery.ConnectCA is one.
+type ConnectIdentity interface {
+	// Ready waits until the gateway's certificate and the CA roots are
+	// known, or ctx ends.
+	Ready(ctx context.Context) error
+	// ClientTLS presents the gateway's current certificate and accepts
+	// only a backend whose certificate is from the Connect CA and names
+	// service (in datacenter, unless empty).
+	ClientTLS(service, datacenter string) *tls.Config
+}
+
+// connectCreds waits, within the connection attempt's deadline, for the
+// gateway's Connect identity before the handshake: the first connection
+// to a Connect backend may be made before the agent has answered, and
+// should wait for it rather than fail and back off.
+type connectCreds struct {
+	credentials.TransportCredentials
+	id ConnectIdentity
+}
+
+func (c connectCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	if err := c.id.Ready(ctx); err != nil {
+		return nil, nil, err
+	}
+	return c.TransportCredentials.ClientHandshake(ctx, authority, conn)
+}
+
+func (c connectCreds) Clone() credentials.TransportCredentials {
+	return connectCreds{c.TransportCredentials.Clone(), c.id}
+}
+
+// trackedCreds tells the connection's tracker how each handshake ended, so
+// that a backend refused for its certificate says why in /backends rather
+// than only "TRANSIENT_FAILURE".
+type trackedCreds struct {
+	credentials.TransportCredentials
+	t *connTracker
+}
+
+func (c trackedCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	nc, info, err := c.TransportCredentials.ClientHandshake(ctx, authority, conn)
+	if err != nil {
+		c.t.failed(fmt.Errorf("handshake: %w", err))
+	}
+	return nc, info, err
+}
+
+func (c trackedCreds) Clone() credentials.TransportCredentials {
+	return trackedCreds{c.TransportCredentials.Clone(), c.t}
 }

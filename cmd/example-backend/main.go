@@ -45,6 +45,7 @@ func run(args []string, stderr io.Writer) error {
 	token := fs.String("token", os.Getenv("CONSUL_HTTP_TOKEN"), "Consul ACL `token`, from $CONSUL_HTTP_TOKEN if set")
 	name := fs.String("name", authserver.DefaultServiceName, "Consul service `name`")
 	id := fs.String("id", "", "Consul service `id` (default name-host-port)")
+	connectNative := fs.Bool("connect", false, "be a Consul Connect-native service: TLS with a Connect certificate from the agent, calls allowed by intentions (needs -consul)")
 	drain := fs.Duration("drain", 500*time.Millisecond, "on stop, how long to keep serving after deregistering and reporting NOT_SERVING")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,6 +64,8 @@ func run(args []string, stderr io.Writer) error {
 		ServiceID:   *id,
 		DrainDelay:  *drain,
 		Logger:      logger,
+
+		ConnectNative: *connectNative,
 	})
 	if err != nil {
 		return fmt.Errorf("start backend: %w", err)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strings"
 )
 
 // DefaultRoute names the route that takes calls for gRPC services that no
@@ -54,6 +55,24 @@ type Consul struct {
 	AutoRouteServices []string `yaml:"auto_route_services"`
 	// TLS to the agent; the zero value is plain HTTP.
 	TLS TLS `yaml:"tls"`
+	// Connect is the gateway's identity in Consul's service mesh, with
+	// which it dials Connect-native backends.
+	Connect Connect `yaml:"connect"`
+}
+
+// DefaultConnectService is the gateway's Connect identity when
+// Connect.Service is empty.
+const DefaultConnectService = "healthgate"
+
+// Connect is the gateway as a client in Consul's service mesh. Its
+// certificate is asked of the agent only once a backend needs it: a
+// Connect-native instance, or a route with connect: true.
+type Connect struct {
+	// Service is the Consul service name the gateway's Connect leaf
+	// certificate names, and so the source that intentions allow or deny.
+	// The token needs service:write on it. Empty means
+	// DefaultConnectService.
+	Service string `yaml:"service"`
 }
 
 // TLS is TLS to the Consul agent; zero means plain HTTP.
@@ -69,6 +88,9 @@ type TLS struct {
 func (c Consul) Validate() error {
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("tls: cert_file and key_file go together")
+	}
+	if strings.ContainsAny(c.Connect.Service, "/?#% \t") {
+		return fmt.Errorf("connect.service: %q is not a Consul service name", c.Connect.Service)
 	}
 	for i, p := range c.AutoRouteServices {
 		if _, err := path.Match(p, ""); err != nil {
@@ -99,6 +121,9 @@ func (c Consul) AutoRoutes(svc string) bool {
 func (c Consul) WithDefaults() Consul {
 	if c.RouteTag == "" {
 		c.RouteTag = DefaultRouteTag
+	}
+	if c.Connect.Service == "" {
+		c.Connect.Service = DefaultConnectService
 	}
 	return c
 }

@@ -46,6 +46,11 @@ type Config struct {
 	// Consul and reported NOT_SERVING, before it stops accepting calls: the
 	// time a load balancer needs to hear of it. Zero means stop at once.
 	DrainDelay time.Duration
+	// ConnectNative makes the backend a Consul Connect-native service: TLS
+	// with its own Connect certificate from the agent at ConsulAddr, and
+	// every call but health checks allowed only when the Consul intentions
+	// let the caller's Connect identity in.
+	ConnectNative bool
 	// Logger receives status changes and lifecycle events; nil discards them.
 	Logger *slog.Logger
 }
@@ -67,6 +72,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			errs = append(errs, fmt.Errorf("http address %q: %w", c.HTTPAddr, err))
 		}
+	}
+	if c.ConnectNative && c.ConsulAddr == "" {
+		errs = append(errs, errors.New("connect native: needs the consul address, where its certificate comes from"))
 	}
 	if c.DrainDelay < 0 {
 		errs = append(errs, fmt.Errorf("drain delay %s: must not be negative", c.DrainDelay))

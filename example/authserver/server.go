@@ -80,7 +80,8 @@ type Server struct {
 	httpSrv *http.Server // nil without HTTPAddr
 	health  *health.Server
 
-	consul *consul.Client // nil without ConsulAddr
+	consul  *consul.Client // nil without ConsulAddr
+	connect *connectNative // nil unless ConnectNative
 
 	mu      sync.Mutex
 	serving bool
@@ -153,7 +154,12 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 
-	s.grpcSrv = grpc.NewServer()
+	var opts []grpc.ServerOption
+	if cfg.ConnectNative {
+		s.connect = newConnectNative(cfg, s.consul)
+		opts = s.connect.serverOptions()
+	}
+	s.grpcSrv = grpc.NewServer(opts...)
 	authpb.RegisterAuthorizationServer(s.grpcSrv, &authService{s: s})
 	healthpb.RegisterHealthServer(s.grpcSrv, s.health)
 	s.health.SetServingStatus(HealthService, healthpb.HealthCheckResponse_SERVING)
@@ -247,6 +253,12 @@ func (s *Server) Run(ctx context.Context) error {
 	// failures never blocks its goroutine.
 	serveErr := make(chan error, 2)
 	var wg sync.WaitGroup
+	connectCtx, stopConnect := context.WithCancel(context.WithoutCancel(ctx))
+	if s.connect != nil {
+		// Until the servers have stopped: a handshake may wait for the
+		// first certificate.
+		wg.Go(func() { s.connect.ca.Run(connectCtx) })
+	}
 	wg.Go(func() {
 		// ErrServerStopped means shutdown won the race with Serve, which is
 		// not a failure.
@@ -287,6 +299,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 
 	s.shutdown(ctx, registered)
+	stopConnect()
 	wg.Wait()
 	close(serveErr)
 	for err := range serveErr {
@@ -382,6 +395,13 @@ func (s *Server) register(ctx context.Context) error {
 			// check, up to an interval later.
 			Status: consul.HealthPassing,
 		},
+	}
+	if s.connect != nil {
+		reg.Connect = &consul.AgentServiceConnect{Native: true}
+		// A Connect certificate names no host: the check asks only
+		// whether the backend answers, over TLS.
+		reg.Check.GRPCUseTLS = true
+		reg.Check.TLSSkipVerify = true
 	}
 	rctx, cancel := context.WithTimeout(ctx, consulTimeout)
 	defer cancel()

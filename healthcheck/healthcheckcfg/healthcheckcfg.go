@@ -226,6 +226,15 @@ type RouteConfig struct {
 	// with the service meta healthgate_tls=true (and
 	// healthgate_tls_server_name).
 	BackendTLS *BackendTLS `yaml:"backend_tls"`
+	// Connect dials every backend of the route with Consul Connect mTLS:
+	// the gateway's Connect certificate, and the backend's checked against
+	// the Connect CA and its service identity; intentions then decide. A
+	// Consul instance registered Connect-native is dialled so without it.
+	Connect bool `yaml:"connect"`
+	// ConnectService is the Consul service whose Connect identity the
+	// backends must present. Empty means each instance's own Consul
+	// service; static backends need it set.
+	ConnectService string `yaml:"connect_service"`
 }
 
 // BackendTLS is TLS from the gateway to a backend.
@@ -259,6 +268,12 @@ func (r RouteConfig) Validate() error {
 		if err := r.BackendTLS.Validate(); err != nil {
 			return fmt.Errorf("backend_tls.%w", err)
 		}
+	}
+	if r.Connect && r.BackendTLS != nil {
+		return fmt.Errorf("connect: a Connect route's TLS comes from Consul; drop backend_tls")
+	}
+	if r.ConnectService != "" && !r.Connect {
+		return fmt.Errorf("connect_service: set only with connect: true")
 	}
 	return nil
 }
