@@ -213,9 +213,9 @@ func TestB63_ConnectConfigErrors(t *testing.T) {
 		cfg  config.Config
 		want string
 	}{
-		"no consul": {config.Config{Routes: []config.Route{{Service: "a.B", Backends: []string{"127.0.0.1:1"}, Health: healthcheckcfg.RouteConfig{Connect: true, ConnectService: "b"}}}}, "routes[0].connect"},
+		"no consul":              {config.Config{Routes: []config.Route{{Service: "a.B", Backends: []string{"127.0.0.1:1"}, Health: healthcheckcfg.RouteConfig{Connect: true, ConnectService: "b"}}}}, "routes[0].connect"},
 		"static without service": {config.Config{Consul: consulCfg("127.0.0.1:8500").Consul, Routes: []config.Route{{Service: "a.B", Backends: []string{"127.0.0.1:1"}, Health: healthcheckcfg.RouteConfig{Connect: true}}}}, "routes[0].connect_service"},
-		"with backend_tls": {config.Config{Consul: consulCfg("127.0.0.1:8500").Consul, Routes: []config.Route{{Service: "a.B", ConsulService: "b", Health: healthcheckcfg.RouteConfig{Connect: true, BackendTLS: &healthcheckcfg.BackendTLS{}}}}}, "routes[0].connect"},
+		"with backend_tls":       {config.Config{Consul: consulCfg("127.0.0.1:8500").Consul, Routes: []config.Route{{Service: "a.B", ConsulService: "b", Health: healthcheckcfg.RouteConfig{Connect: true, BackendTLS: &healthcheckcfg.BackendTLS{}}}}}, "routes[0].connect"},
 	} {
 		err := c.cfg.Validate()
 		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
