@@ -4,6 +4,11 @@
 // health-checking gateway routes to it.
 //
 //	backend -listen 127.0.0.1:21001 [-resp-size 1048576]
+//	    [-tls-listen 127.0.0.1:21003 -tls-cert server.pem -tls-key server.key]
+//
+// With -tls-listen it also serves the same over TLS 1.3 there: the TLS
+// workload's direct peer, while the proxies in front of it keep calling the
+// plaintext listener.
 package main
 
 import (
@@ -15,14 +20,17 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/healthgate/healthgate/bench/internal/rawcodec"
+	"github.com/healthgate/healthgate/bench/internal/tlsfiles"
 )
 
 const service = "bench.Echo"
@@ -37,6 +45,9 @@ func main() {
 func run() error {
 	listen := flag.String("listen", "127.0.0.1:21001", "address to serve on")
 	respSize := flag.Int("resp-size", -1, "bytes in each Unary reply; -1 echoes the request")
+	tlsListen := flag.String("tls-listen", "", "also serve over TLS 1.3 on this address (needs -tls-cert and -tls-key)")
+	tlsCert := flag.String("tls-cert", "", "PEM certificate for -tls-listen")
+	tlsKey := flag.String("tls-key", "", "PEM key for -tls-listen")
 	flag.Parse()
 
 	var reply []byte
@@ -46,13 +57,49 @@ func run() error {
 			return fmt.Errorf("-resp-size: %w", err)
 		}
 	}
-	lis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+	servers := map[string]*grpc.Server{*listen: newServer(reply)}
+	if *tlsListen != "" {
+		cfg, err := tlsfiles.ServerConfig(*tlsCert, *tlsKey)
+		if err != nil {
+			return fmt.Errorf("-tls-cert, -tls-key: %w", err)
+		}
+		servers[*tlsListen] = newServer(reply, grpc.Creds(credentials.NewTLS(cfg)))
 	}
-	// The forced codec carries the health service's protobuf too (see
-	// rawcodec.Codec), so no second server is needed for health.
-	srv := grpc.NewServer(grpc.ForceServerCodecV2(rawcodec.Codec{}))
+	listeners := map[string]net.Listener{}
+	for addr := range servers {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+		listeners[addr] = lis
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errs := make(chan error, len(servers))
+	var wg sync.WaitGroup
+	for addr, srv := range servers {
+		wg.Go(func() {
+			if err := srv.Serve(listeners[addr]); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				errs <- fmt.Errorf("serve %s: %w", addr, err)
+				stop()
+			}
+		})
+	}
+	<-ctx.Done()
+	for _, srv := range servers {
+		wg.Go(func() { gracefulStop(srv) })
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// newServer serves the echo methods and health with the raw codec. The
+// forced codec carries the health service's protobuf too (see
+// rawcodec.Codec), so no second server is needed for health.
+func newServer(reply []byte, opts ...grpc.ServerOption) *grpc.Server {
+	srv := grpc.NewServer(append(opts, grpc.ForceServerCodecV2(rawcodec.Codec{}))...)
 	srv.RegisterService(&grpc.ServiceDesc{
 		ServiceName: service,
 		HandlerType: (*any)(nil),
@@ -68,20 +115,15 @@ func run() error {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(service, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(srv, hs)
+	return srv
+}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	go func() {
-		<-ctx.Done()
-		// Streams of a killed load generator can linger: do not wait on them.
-		t := time.AfterFunc(2*time.Second, srv.Stop)
-		defer t.Stop()
-		srv.GracefulStop()
-	}()
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("serve: %w", err)
-	}
-	return nil
+// gracefulStop lets calls finish, but not for long: streams of a killed
+// load generator can linger.
+func gracefulStop(srv *grpc.Server) {
+	t := time.AfterFunc(2*time.Second, srv.Stop)
+	defer t.Stop()
+	srv.GracefulStop()
 }
 
 func unaryHandler(reply []byte) func(any, context.Context, func(any) error, grpc.UnaryServerInterceptor) (any, error) {

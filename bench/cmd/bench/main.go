@@ -46,11 +46,15 @@ type workload struct {
 	conc  int
 	size  int
 	unit  string // what the rate column counts
+	// tls: clients call the peer over TLS 1.3 and the peer calls the
+	// backend over h2c, as at an edge; direct is the backend serving TLS.
+	tls bool
 }
 
 var allWorkloads = []workload{
 	{name: "unary-c1", title: "unary 100 B, 1 call in flight on 1 connection: latency each hop adds", kind: "unary", conns: 1, conc: 1, size: 100, unit: "QPS"},
 	{name: "unary-c50", title: "unary 100 B, 50 calls in flight over 10 connections: throughput and proxy CPU per RPC", kind: "unary", conns: 10, conc: 50, size: 100, unit: "QPS"},
+	{name: "unary-c50-tls", title: "unary-c50 over TLS 1.3 from the client, terminated by the peer, h2c to the backend: proxy CPU per RPC with TLS", kind: "unary", conns: 10, conc: 50, size: 100, unit: "QPS", tls: true},
 	{name: "stream-c50", title: "bidi stream, 50 streams over 10 connections, each echoing one 100 B message at a time", kind: "stream", conns: 10, conc: 50, size: 100, unit: "msg/s"},
 	{name: "unary-1mib", title: "unary 1 MiB echoed, 8 calls in flight over 4 connections (MB/s of replies)", kind: "unary", conns: 4, conc: 8, size: 1 << 20, unit: "MB/s"},
 }
@@ -108,7 +112,7 @@ func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	mode := fs.String("mode", "quick", "quick (1 repetition, 2s windows, under 2 min) or full (3 repetitions, 5s windows, under 10 min)")
 	peers := fs.String("peers", strings.Join(allPeers, ","), "comma-separated peers to measure")
-	wls := fs.String("workloads", "", "comma-separated workloads (default all: unary-c1,unary-c50,stream-c50,unary-1mib)")
+	wls := fs.String("workloads", "", "comma-separated workloads (default all: "+strings.Join(workloadNames(), ",")+")")
 	reps := fs.Int("reps", 0, "repetitions (default by -mode)")
 	warmup := fs.Duration("warmup", 0, "warm-up before each window (default by -mode)")
 	duration := fs.Duration("duration", 0, "measured window (default by -mode)")
@@ -164,6 +168,14 @@ func parseFlags(args []string) (options, error) {
 	return o, nil
 }
 
+func workloadNames() []string {
+	names := make([]string, len(allWorkloads))
+	for i, w := range allWorkloads {
+		names[i] = w.name
+	}
+	return names
+}
+
 func or[T comparable](v, def T) T {
 	var zero T
 	if v == zero {
@@ -217,6 +229,11 @@ func bench(ctx context.Context, o options) error {
 
 	if err := e.build(ctx, o, benchDir, repo); err != nil {
 		return err
+	}
+	if slices.ContainsFunc(o.workloads, func(w workload) bool { return w.tls }) {
+		if err := e.writeCerts(); err != nil {
+			return err
+		}
 	}
 	var tools []string
 	for _, p := range o.peers {
@@ -396,7 +413,8 @@ func (e *env) runWorkload(ctx context.Context, o options, w workload, rep *repor
 		fmt.Fprintf(os.Stderr, "   %s: %v\n", peer, err)
 	}
 
-	backend, err := e.startBackend(ctx, -1)
+	po := peerOpts{tls: w.tls}
+	backend, err := e.startBackend(ctx, -1, w.tls)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -422,7 +440,7 @@ func (e *env) runWorkload(ctx context.Context, o options, w workload, rep *repor
 			rep.missing(w.name, name, why)
 			continue
 		}
-		r, err := e.startPeer(ctx, name, backend.addr, peerOpts{})
+		r, err := e.startPeer(ctx, name, backend, po)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -482,7 +500,7 @@ func (e *env) runWorkload(ctx context.Context, o options, w workload, rep *repor
 				r.proc.stop(3 * time.Second)
 				e.sup.forget(r.proc)
 				delete(up, name)
-				if nr, err := e.startPeer(ctx, name, backend.addr, peerOpts{}); err == nil {
+				if nr, err := e.startPeer(ctx, name, backend, po); err == nil {
 					up[name] = nr
 				} else if ctx.Err() != nil {
 					return ctx.Err()
@@ -537,6 +555,9 @@ func (e *env) startLoadgen(o options, w workload, target, backend *running) (*pr
 	}
 	if target.proc != nil {
 		args = append(args, "-cpu", "proxy="+strconv.Itoa(target.proc.pid()))
+	}
+	if target.tls != nil {
+		args = append(args, "-tls-ca", e.certs.CA)
 	}
 	out := &bytes.Buffer{}
 	p, err := e.sup.start("loadgen", e.logPath("loadgen"), startOpts{cpu: loadCPU, stdout: out}, args...)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -15,9 +16,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/healthgate/healthgate/bench/internal/rawcodec"
+	"github.com/healthgate/healthgate/bench/internal/tlsfiles"
 )
 
 // Peers in table order. direct is the client calling the backend itself: the
@@ -47,6 +50,29 @@ type env struct {
 	nginxV  [3]int
 	ports   portPool
 	seq     int
+	// certs and clientTLS serve the TLS workloads; nil when none runs.
+	certs     *tlsfiles.Files
+	clientTLS *tls.Config
+}
+
+// writeCerts makes the TLS workloads' CA and server certificate in the
+// temp dir: fresh for every run, so that nothing outside it is trusted or
+// kept.
+func (e *env) writeCerts() error {
+	dir := filepath.Join(e.tmp, "tls")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := tlsfiles.Write(dir, 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	cfg, err := tlsfiles.ClientConfig(f.CA)
+	if err != nil {
+		return err
+	}
+	e.certs, e.clientTLS = &f, cfg
+	return nil
 }
 
 // logPath names a fresh log file in the temp dir.
@@ -60,20 +86,33 @@ func (e *env) logPath(name string) string {
 type running struct {
 	addr string
 	proc *proc
+	// tls is the client side of calls to addr; nil means plaintext h2c.
+	tls *tls.Config
+	// tlsAddr is where a backend started for a TLS workload serves the
+	// same over TLS: direct's address in that workload.
+	tlsAddr string
 }
 
-// startBackend starts the bench backend pinned with the load generator.
-func (e *env) startBackend(ctx context.Context, respSize int) (*running, error) {
+// startBackend starts the bench backend pinned with the load generator;
+// withTLS adds its TLS listener.
+func (e *env) startBackend(ctx context.Context, respSize int, withTLS bool) (*running, error) {
 	addr, err := e.ports.addr()
 	if err != nil {
 		return nil, err
 	}
-	p, err := e.sup.start("backend", e.logPath("backend"), startOpts{cpu: loadCPU},
-		e.bins["backend"], "-listen", addr, "-resp-size", strconv.Itoa(respSize))
+	argv := []string{e.bins["backend"], "-listen", addr, "-resp-size", strconv.Itoa(respSize)}
+	var tlsAddr string
+	if withTLS {
+		if tlsAddr, err = e.ports.addr(); err != nil {
+			return nil, err
+		}
+		argv = append(argv, "-tls-listen", tlsAddr, "-tls-cert", e.certs.Cert, "-tls-key", e.certs.Key)
+	}
+	p, err := e.sup.start("backend", e.logPath("backend"), startOpts{cpu: loadCPU}, argv...)
 	if err != nil {
 		return nil, err
 	}
-	r := &running{addr: addr, proc: p}
+	r := &running{addr: addr, proc: p, tlsAddr: tlsAddr}
 	if err := probe(ctx, r, startPatience); err != nil {
 		p.stop(2 * time.Second)
 		e.sup.forget(p)
@@ -82,18 +121,34 @@ func (e *env) startBackend(ctx context.Context, respSize int) (*running, error) 
 	return r, nil
 }
 
-// peerOpts are additions for one start of a peer: the profile run's.
+// peerOpts are additions for one start of a peer: the profile run's, and
+// TLS for the TLS workloads.
 type peerOpts struct {
 	env  []string
 	args []string
+	// tls: the peer terminates TLS from clients with e.certs and still
+	// calls the backend over h2c.
+	tls bool
 }
 
 // startPeer starts one peer in front of backend and waits until a call
 // through it succeeds.
-func (e *env) startPeer(ctx context.Context, name, backend string, po peerOpts) (*running, error) {
-	if name == "direct" {
-		return &running{addr: backend}, nil
+func (e *env) startPeer(ctx context.Context, name string, be *running, po peerOpts) (*running, error) {
+	if po.tls && e.certs == nil {
+		return nil, errors.New("a TLS peer without certificates: writeCerts was not called")
 	}
+	if name == "direct" {
+		if !po.tls {
+			return &running{addr: be.addr}, nil
+		}
+		r := &running{addr: be.tlsAddr, tls: e.clientTLS}
+		return r, probe(ctx, r, startPatience)
+	}
+	var certs *tlsfiles.Files
+	if po.tls {
+		certs = e.certs
+	}
+	backend := be.addr
 	addr, err := e.ports.addr()
 	if err != nil {
 		return nil, err
@@ -108,16 +163,19 @@ func (e *env) startPeer(ctx context.Context, name, backend string, po peerOpts) 
 	switch name {
 	case "healthgate", "healthgate-pprof":
 		cfg := filepath.Join(dir, "healthgate.yaml")
-		if err := os.WriteFile(cfg, []byte(healthgateConfig(addr, backend)), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte(healthgateConfig(addr, backend, certs)), 0o644); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		argv = []string{e.bins[name], "-config", cfg}
 	case "grpc-proxy":
 		bin = "grpcproxy"
 		argv = []string{e.bins["grpcproxy"], "-listen", addr, "-backend", backend}
+		if certs != nil {
+			argv = append(argv, "-tls-cert", certs.Cert, "-tls-key", certs.Key)
+		}
 	case "nginx":
 		cfg := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(cfg, []byte(nginxConfig(dir, addr, backend, e.nginxV)), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte(nginxConfig(dir, addr, backend, e.nginxV, certs)), 0o644); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		// -e: nginx opens its compiled-in error log before it reads the
@@ -125,7 +183,7 @@ func (e *env) startPeer(ctx context.Context, name, backend string, po peerOpts) 
 		argv = []string{e.tools["nginx"], "-p", dir + "/", "-c", cfg, "-e", "stderr"}
 	case "haproxy":
 		cfg := filepath.Join(dir, "haproxy.cfg")
-		if err := os.WriteFile(cfg, []byte(haproxyConfig(addr, backend)), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte(haproxyConfig(addr, backend, certs)), 0o644); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		argv = []string{e.tools["haproxy"], "-db", "-f", cfg}
@@ -138,6 +196,9 @@ func (e *env) startPeer(ctx context.Context, name, backend string, po peerOpts) 
 		return nil, err
 	}
 	r := &running{addr: addr, proc: p}
+	if certs != nil {
+		r.tls = e.clientTLS
+	}
 	if err := probe(ctx, r, startPatience); err != nil {
 		p.stop(2 * time.Second)
 		e.sup.forget(p)
@@ -146,23 +207,42 @@ func (e *env) startPeer(ctx context.Context, name, backend string, po peerOpts) 
 	return r, nil
 }
 
-func healthgateConfig(listen, backend string) string {
+// healthgateConfig routes to backend; with certs, it terminates TLS 1.3 on
+// listen.
+func healthgateConfig(listen, backend string, certs *tlsfiles.Files) string {
+	var tlsSection string
+	if certs != nil {
+		tlsSection = fmt.Sprintf("listen_tls: {cert_file: %q, key_file: %q, min_version: \"1.3\"}\n", certs.Cert, certs.Key)
+	}
 	// Short drain: the runner stops healthgate between workloads.
 	return fmt.Sprintf(`listen: %s
-routes:
+%sroutes:
   - service: bench.Echo
     backends: [%s]
     health_service: ""
 shutdown: {drain_delay: 1ms, grace: 1s}
 log: {level: warn}
-`, listen, backend)
+`, listen, tlsSection, backend)
 }
 
-func nginxConfig(dir, listen, backend string, v [3]int) string {
+// nginxConfig proxies to backend; with certs, it terminates TLS on listen
+// with what the other peers negotiate (see tlsfiles.ClientConfig).
+func nginxConfig(dir, listen, backend string, v [3]int, certs *tlsfiles.Files) string {
+	ssl, tlsLines := "", ""
+	if certs != nil {
+		ssl = " ssl"
+		tlsLines = fmt.Sprintf(`ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols TLSv1.3;
+        ssl_ecdh_curve X25519;
+        # TLS 1.3 suites are not ssl_ciphers' business; this is OpenSSL's own
+        # setting, to match the suite Go picks.
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;`, certs.Cert, certs.Key)
+	}
 	// nginx 1.25.1 replaced "listen ... http2" with "http2 on".
-	listenLine, http2Line := "listen "+listen+" http2;", ""
+	listenLine, http2Line := "listen "+listen+ssl+" http2;", ""
 	if v[0] > 1 || (v[0] == 1 && (v[1] > 25 || (v[1] == 25 && v[2] >= 1))) {
-		listenLine, http2Line = "listen "+listen+";", "http2 on;"
+		listenLine, http2Line = "listen "+listen+ssl+";", "http2 on;"
 	}
 	return fmt.Sprintf(`# Written by the healthgate bench runner; lives and dies with one run.
 daemon off;
@@ -203,6 +283,7 @@ http {
     server {
         %[4]s
         %[5]s
+        %[7]s
         location / {
             grpc_pass grpc://bench_backend;
             grpc_read_timeout 600s;
@@ -210,7 +291,7 @@ http {
         }
     }
 }
-`, dir, listen, backend, listenLine, http2Line, nginxUser())
+`, dir, listen, backend, listenLine, http2Line, nginxUser(), tlsLines)
 }
 
 func nginxUser() string {
@@ -221,7 +302,13 @@ func nginxUser() string {
 	return "nobody"
 }
 
-func haproxyConfig(listen, backend string) string {
+// haproxyConfig proxies to backend; with certs, it terminates TLS on listen
+// with what the other peers negotiate (see tlsfiles.ClientConfig).
+func haproxyConfig(listen, backend string, certs *tlsfiles.Files) string {
+	bind := "proto h2"
+	if certs != nil {
+		bind = "ssl crt " + certs.CertKey + " alpn h2 ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 curves X25519"
+	}
 	return fmt.Sprintf(`# Written by the healthgate bench runner; lives and dies with one run.
 global
     nbthread 1
@@ -235,12 +322,12 @@ defaults
     http-reuse always
 
 frontend bench
-    bind %s proto h2
+    bind %s %s
     default_backend bench_backend
 
 backend bench_backend
     server backend %s proto h2
-`, listen, backend)
+`, listen, bind, backend)
 }
 
 // probe calls Unary through r until it answers, r's process exits, or
@@ -271,8 +358,12 @@ func probe(ctx context.Context, r *running, patience time.Duration) error {
 	if err != nil {
 		return err
 	}
+	creds := insecure.NewCredentials()
+	if r.tls != nil {
+		creds = credentials.NewTLS(r.tls)
+	}
 	cc, err := grpc.NewClient("passthrough:///"+r.addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawcodec.Codec{})))
 	if err != nil {
 		return err

@@ -100,7 +100,7 @@ func (e *env) profileHealthgate(ctx context.Context, o options, base string) *pr
 		pr = endpointProfiler(ctx, admin, o.duration, path)
 	}
 	res.err = func() error {
-		backend, err := e.startBackend(ctx, -1)
+		backend, err := e.startBackend(ctx, -1, false)
 		if err != nil {
 			return err
 		}
@@ -108,7 +108,7 @@ func (e *env) profileHealthgate(ctx context.Context, o options, base string) *pr
 			backend.proc.stop(3 * time.Second)
 			e.sup.forget(backend.proc)
 		}()
-		hg, err := e.startPeer(ctx, pr.peer, backend.addr, pr.opts)
+		hg, err := e.startPeer(ctx, pr.peer, backend, pr.opts)
 		if err != nil {
 			return err
 		}

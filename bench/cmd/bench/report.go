@@ -183,6 +183,9 @@ func (r *report) renderWorkload(b *strings.Builder, w workload) {
 			num(a.p99), ratio(a.p99, direct.p99, hasDirect), ratio(a.p99, best.p99, true),
 			num(a.p999), cpu, cpuBest, num(a.backendCPU), a.errors)
 	}
+	if t := negotiatedTLS(r.opts.peers, r.runs[w.name]); t != "" {
+		foot = append(foot, t)
+	}
 	var other, steal []float64
 	for _, runs := range r.runs[w.name] {
 		for _, run := range runs {
@@ -203,6 +206,33 @@ func (r *report) renderWorkload(b *strings.Builder, w workload) {
 	}
 }
 
+// negotiatedTLS says what each peer's connections agreed on, in one
+// clause when they all agreed on the same; empty for a plaintext workload.
+func negotiatedTLS(peers []string, runs map[string][]result.Run) string {
+	var parts []string
+	var first string
+	same := true
+	for _, p := range peers {
+		if len(runs[p]) == 0 || runs[p][0].TLS == "" {
+			continue
+		}
+		t := runs[p][0].TLS
+		if first == "" {
+			first = t
+		}
+		same = same && t == first
+		parts = append(parts, p+" "+t)
+	}
+	switch {
+	case first == "":
+		return ""
+	case same:
+		return "TLS negotiated by every peer: " + first
+	default:
+		return "TLS negotiated: " + strings.Join(parts, "; ")
+	}
+}
+
 // renderHeadline answers the questions the bench exists for, in one place.
 func (r *report) renderHeadline(b *strings.Builder) {
 	get := func(wname, peer string) (agg, bool) {
@@ -217,11 +247,26 @@ func (r *report) renderHeadline(b *strings.Builder) {
 		title string
 		cell  func(peer string) (string, bool)
 	}
-	lines := []line{
-		{"Proxy CPU-µs per RPC at c=50 (unary-c50)", func(p string) (string, bool) {
-			a, ok := get("unary-c50", p)
+	proxyCPU := func(wname string) func(string) (string, bool) {
+		return func(p string) (string, bool) {
+			a, ok := get(wname, p)
 			return num(a.proxyCPU), ok && !math.IsNaN(a.proxyCPU)
-		}},
+		}
+	}
+	// Same-run ratios: the machine's load moves every peer's CPU per RPC
+	// together, their ratio much less.
+	cpuRatio := func(wname, ref string) func(string) (string, bool) {
+		return func(p string) (string, bool) {
+			a, ok := get(wname, p)
+			d, dok := get(wname, ref)
+			return fmt.Sprintf("%.2f×", a.proxyCPU/d.proxyCPU), ok && dok && d.proxyCPU > 0 && !math.IsNaN(a.proxyCPU)
+		}
+	}
+	lines := []line{
+		{"Proxy CPU-µs per RPC at c=50 (unary-c50)", proxyCPU("unary-c50")},
+		{"Proxy CPU-µs per RPC at c=50, terminating TLS (unary-c50-tls)", proxyCPU("unary-c50-tls")},
+		{"Proxy CPU per RPC terminating TLS as a ratio to nginx's (unary-c50-tls)", cpuRatio("unary-c50-tls", "nginx")},
+		{"Proxy CPU per RPC terminating TLS as a ratio to HAProxy's (unary-c50-tls)", cpuRatio("unary-c50-tls", "haproxy")},
 		{"Added p50 latency at c=1, peer p50 − direct p50 (unary-c1)", func(p string) (string, bool) {
 			a, ok := get("unary-c1", p)
 			d, dok := get("unary-c1", "direct")

@@ -44,3 +44,64 @@ func TestRenderRatiosAndMissing(t *testing.T) {
 		}
 	}
 }
+
+func TestRenderTLSWorkload(t *testing.T) {
+	plain, tlsW := allWorkloads[1], allWorkloads[2]
+	if plain.name != "unary-c50" || tlsW.name != "unary-c50-tls" {
+		t.Fatalf("workloads are %s and %s, want unary-c50 and unary-c50-tls", plain.name, tlsW.name)
+	}
+	const suite = "TLS 1.3 TLS_AES_128_GCM_SHA256 X25519 ALPN h2"
+	run := func(proxy float64, tls string) result.Run {
+		r := result.Run{Rate: 10000, P50Us: 100, P99Us: 300, TLS: tls, CPU: map[string]result.CPU{"backend": {UsPerOp: 10}}}
+		if proxy > 0 {
+			r.CPU["proxy"] = result.CPU{UsPerOp: proxy}
+		}
+		return r
+	}
+	rep := &report{
+		opts: options{mode: "quick", reps: 1, peers: []string{"direct", "healthgate", "nginx", "haproxy"}, workloads: []workload{plain, tlsW}},
+		meta: map[string]any{},
+		runs: map[string]map[string][]result.Run{
+			plain.name: {
+				"healthgate": {run(40, "")},
+				"nginx":      {run(25, "")},
+				"haproxy":    {run(20, "")},
+			},
+			tlsW.name: {
+				"direct":     {run(0, suite)},
+				"healthgate": {run(60, suite)},
+				"nginx":      {run(40, suite)},
+				"haproxy":    {run(30, suite)},
+			},
+		},
+		notes: map[string]map[string][]string{},
+	}
+	out := rep.render()
+	for _, want := range []string{
+		"## unary-c50-tls: ",
+		"| healthgate | 10000 | 1.00 | 1.00 | 100 | 1.00 | 1.00 | 300 | 1.00 | 1.00 | 0.00 | 60.0 | 2.00 | 10.0 | 0 |",
+		"| haproxy | 10000 | 1.00 | 1.00 | 100 | 1.00 | 1.00 | 300 | 1.00 | 1.00 | 0.00 | 30.0 | 1.00 | 10.0 | 0 |",
+		"- TLS negotiated by every peer: " + suite,
+		"| Proxy CPU-µs per RPC at c=50, terminating TLS (unary-c50-tls) | 60.0 | 40.0 | 30.0 |",
+		"| Proxy CPU per RPC terminating TLS as a ratio to nginx's (unary-c50-tls) | 1.50× | 1.00× | 0.75× |",
+		"| Proxy CPU per RPC terminating TLS as a ratio to HAProxy's (unary-c50-tls) | 2.00× | 1.33× | 1.00× |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "TLS negotiated"); n != 1 {
+		t.Errorf("%d TLS lines, want 1 (the plaintext table has none):\n%s", n, out)
+	}
+}
+
+func TestNegotiatedTLSNamesPeersThatDiffer(t *testing.T) {
+	runs := map[string][]result.Run{
+		"direct":  {{TLS: "TLS 1.3 A"}},
+		"haproxy": {{TLS: "TLS 1.3 B"}},
+	}
+	got := negotiatedTLS([]string{"direct", "healthgate", "haproxy"}, runs)
+	if want := "TLS negotiated: direct TLS 1.3 A; haproxy TLS 1.3 B"; got != want {
+		t.Errorf("negotiatedTLS = %q, want %q", got, want)
+	}
+}

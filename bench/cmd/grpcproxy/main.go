@@ -3,7 +3,10 @@
 // to one backend over one connection. It is the bench's baseline for what a
 // Go proxy on grpc-go's public API costs.
 //
-//	grpcproxy -listen 127.0.0.1:21002 -backend 127.0.0.1:21001
+//	grpcproxy -listen 127.0.0.1:21002 -backend 127.0.0.1:21001 [-tls-cert server.pem -tls-key server.key]
+//
+// With -tls-cert and -tls-key it terminates TLS 1.3 from clients and still
+// calls the backend over plaintext h2c.
 package main
 
 import (
@@ -19,7 +22,10 @@ import (
 
 	"github.com/mwitkow/grpc-proxy/proxy"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/healthgate/healthgate/bench/internal/tlsfiles"
 )
 
 func main() {
@@ -32,6 +38,8 @@ func main() {
 func run() error {
 	listen := flag.String("listen", "127.0.0.1:21002", "address to serve on")
 	backend := flag.String("backend", "127.0.0.1:21001", "backend address")
+	tlsCert := flag.String("tls-cert", "", "PEM certificate: serve clients over TLS 1.3 (with -tls-key)")
+	tlsKey := flag.String("tls-key", "", "PEM key for -tls-cert")
 	flag.Parse()
 
 	cc, err := grpc.NewClient("passthrough:///"+*backend, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -39,11 +47,20 @@ func run() error {
 		return fmt.Errorf("backend %s: %w", *backend, err)
 	}
 	defer cc.Close()
+	opts := []grpc.ServerOption{grpc.UnknownServiceHandler(proxy.TransparentHandler(proxy.DefaultDirector(cc)))}
+	if *tlsCert != "" || *tlsKey != "" {
+		cfg, err := tlsfiles.ServerConfig(*tlsCert, *tlsKey)
+		if err != nil {
+			return fmt.Errorf("-tls-cert, -tls-key: %w", err)
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg)))
+	}
+
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := grpc.NewServer(grpc.UnknownServiceHandler(proxy.TransparentHandler(proxy.DefaultDirector(cc))))
+	srv := grpc.NewServer(opts...)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -7,6 +7,9 @@
 //	loadgen -target 127.0.0.1:21000 -kind unary -conns 10 -concurrency 50 \
 //	    -req-size 100 -warmup 1s -duration 5s -cpu proxy=1234 -cpu backend=1200
 //
+// With -tls-ca it calls the target over TLS 1.3 (tlsfiles.ClientConfig)
+// and reports what the connections negotiated.
+//
 // It is deliberately lean (raw-bytes codec, no per-call allocation of its
 // own), because on the bench machine it shares a core with the backend.
 package main
@@ -27,10 +30,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 
 	"github.com/healthgate/healthgate/bench/internal/rawcodec"
 	"github.com/healthgate/healthgate/bench/internal/result"
+	"github.com/healthgate/healthgate/bench/internal/tlsfiles"
 )
 
 const (
@@ -51,6 +57,7 @@ type config struct {
 	warmup      time.Duration
 	duration    time.Duration
 	watch       watchList
+	tlsCA       string
 }
 
 func main() {
@@ -64,6 +71,7 @@ func main() {
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "load before the window, not counted")
 	flag.DurationVar(&c.duration, "duration", 5*time.Second, "measured window")
 	flag.Var(&c.watch, "cpu", "role=pid: report the CPU time of pid and its descendants (repeatable)")
+	flag.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA file: call the target over TLS 1.3, trusting this CA (plaintext h2c without it)")
 	flag.Parse()
 
 	r, err := run(c)
@@ -96,10 +104,18 @@ func run(c config) (*result.Run, error) {
 	// shares with us.
 	debug.SetGCPercent(400)
 
+	creds := insecure.NewCredentials()
+	if c.tlsCA != "" {
+		cfg, err := tlsfiles.ClientConfig(c.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-ca: %w", err)
+		}
+		creds = credentials.NewTLS(cfg)
+	}
 	conns := make([]*grpc.ClientConn, c.conns)
 	for i := range conns {
 		cc, err := grpc.NewClient("passthrough:///"+c.target,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithTransportCredentials(creds),
 			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawcodec.Codec{})))
 		if err != nil {
 			return nil, fmt.Errorf("client for %s: %w", c.target, err)
@@ -166,6 +182,9 @@ func run(c config) (*result.Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.tlsCA != "" {
+		r.TLS = negotiated(conns[0], &req)
+	}
 
 	r.Target = c.target
 	r.Kind = c.kind
@@ -216,6 +235,24 @@ func run(c config) (*result.Run, error) {
 	r.OtherCPUPercent = 100 * other / cpuWindow.Seconds()
 	r.StealPercent = 100 * float64(steal1-steal0) / clockTicks / cpuWindow.Seconds()
 	return r, nil
+}
+
+// negotiated asks one more call, after the window, what cc's TLS
+// connection agreed on; the workers' calls do not carry the option, so that
+// the measured path is the same with and without TLS.
+func negotiated(cc *grpc.ClientConn, req *[]byte) string {
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	var p peer.Peer
+	var resp rawcodec.Size
+	if err := cc.Invoke(ctx, unaryMethod, req, &resp, grpc.Peer(&p)); err != nil {
+		return "unknown: " + err.Error()
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return "unknown: the connection has no TLS information"
+	}
+	return tlsfiles.Describe(info.State)
 }
 
 // quantile is the nearest-rank quantile of sorted nanoseconds, in µs.

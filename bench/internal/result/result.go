@@ -15,14 +15,17 @@ type Run struct {
 	Error string `json:"error,omitempty"`
 
 	// Filled by the load generator.
-	Target      string  `json:"target"`
-	Kind        string  `json:"kind"` // unary or stream
-	Conns       int     `json:"conns"`
-	Concurrency int     `json:"concurrency"`
-	ReqBytes    int     `json:"req_bytes"`
-	RespBytes   int     `json:"resp_bytes"`
-	WarmupSec   float64 `json:"warmup_sec"`
-	WindowSec   float64 `json:"window_sec"`
+	Target      string `json:"target"`
+	Kind        string `json:"kind"` // unary or stream
+	Conns       int    `json:"conns"`
+	Concurrency int    `json:"concurrency"`
+	// TLS is what the client's connections negotiated (tlsfiles.Describe),
+	// empty over plaintext h2c.
+	TLS       string  `json:"tls,omitempty"`
+	ReqBytes  int     `json:"req_bytes"`
+	RespBytes int     `json:"resp_bytes"`
+	WarmupSec float64 `json:"warmup_sec"`
+	WindowSec float64 `json:"window_sec"`
 	// Ops counts RPCs (unary) or echoed messages (stream) that completed
 	// inside the window.
 	Ops        int64  `json:"ops"`
