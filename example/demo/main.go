@@ -205,7 +205,10 @@ func run(ctx context.Context, consulBin, binDir string, keep, useTLS bool) error
 	say("healthgate reports %s SERVING", authserver.HealthService)
 	if d != nil {
 		var p peer.Peer
-		if _, err := gwHealth.Check(ctx, &healthpb.HealthCheckRequest{Service: authserver.HealthService}, grpc.Peer(&p)); err != nil {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := gwHealth.Check(cctx, &healthpb.HealthCheckRequest{Service: authserver.HealthService}, grpc.Peer(&p))
+		cancel()
+		if err != nil {
 			return fmt.Errorf("health check over TLS: %w", err)
 		}
 		info, ok := p.AuthInfo.(credentials.TLSInfo)
