@@ -4,7 +4,7 @@ BIN     := bin
 # scripts/consul.sh prints the cached agent's path, building it the first time.
 CONSUL   = $(shell ./scripts/consul.sh)
 
-.PHONY: all build test vet fmt-check consul demo run bench bench-quick scale clean fuzz
+.PHONY: all build test vet fmt-check consul demo demo-tls run bench bench-quick scale clean fuzz
 
 # FUZZ_TARGETS is every fuzz test, as package:Target. make test fuzzes each
 # for FUZZTIME_TEST, make fuzz for FUZZTIME. A failing input is written to
@@ -48,6 +48,12 @@ fuzz:
 # stops.
 demo: build consul
 	$(BIN)/healthgate-demo -consul-bin $(CONSUL) -bin $(BIN)
+
+# demo-tls: the same story over TLS: a demo CA made on the spot, TLS from
+# the client to healthgate (listen_tls), mTLS from healthgate to the
+# backends (backend_tls), and Consul's checks of the backends over mTLS.
+demo-tls: build consul
+	$(BIN)/healthgate-demo -consul-bin $(CONSUL) -bin $(BIN) -tls
 
 # run: the same stack, left running for grpcurl until Ctrl-C.
 run: build consul

@@ -524,6 +524,9 @@ func TestConsulRegistration(t *testing.T) {
 	if c.GRPC != s.GRPCAddr() || c.Interval != "2s" || c.Timeout != "1s" || c.DeregisterCriticalServiceAfter != "1m" {
 		t.Errorf("check = grpc %q interval %q timeout %q deregister %q", c.GRPC, c.Interval, c.Timeout, c.DeregisterCriticalServiceAfter)
 	}
+	if _, ok := reg.Meta[authserver.MetaTLS]; ok || c.GRPCUseTLS {
+		t.Errorf("plaintext backend registered meta %v, check TLS %v; want neither", reg.Meta, c.GRPCUseTLS)
+	}
 
 	cancel()
 	select {

@@ -46,6 +46,10 @@ type Config struct {
 	// Consul and reported NOT_SERVING, before it stops accepting calls: the
 	// time a load balancer needs to hear of it. Zero means stop at once.
 	DrainDelay time.Duration
+	// TLS, when set, serves gRPC over TLS (mTLS with TLS.ClientCAFile),
+	// registers the instance with the meta healthgate_tls=true and makes
+	// Consul's gRPC check use TLS. Nil means plaintext.
+	TLS *TLS
 	// ConnectNative makes the backend a Consul Connect-native service: TLS
 	// with its own Connect certificate from the agent at ConsulAddr, and
 	// every call but health checks allowed only when the Consul intentions
@@ -73,6 +77,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("http address %q: %w", c.HTTPAddr, err))
 		}
 	}
+	if c.ConnectNative && c.TLS != nil {
+		errs = append(errs, errors.New("connect native: its TLS comes from Consul Connect; drop the TLS files"))
+	}
 	if c.ConnectNative && c.ConsulAddr == "" {
 		errs = append(errs, errors.New("connect native: needs the consul address, where its certificate comes from"))
 	}
@@ -81,6 +88,11 @@ func (c Config) Validate() error {
 	}
 	if c.CheckInterval < 0 {
 		errs = append(errs, fmt.Errorf("check interval %s: must not be negative", c.CheckInterval))
+	}
+	if c.TLS != nil {
+		if err := c.TLS.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	// The ID becomes a path segment of the deregister URL.
 	if strings.Contains(c.ServiceID, "/") {

@@ -159,6 +159,13 @@ func New(cfg Config) (*Server, error) {
 		s.connect = newConnectNative(cfg, s.consul)
 		opts = s.connect.serverOptions()
 	}
+	if cfg.TLS != nil {
+		opt, err := cfg.TLS.serverOption()
+		if err != nil {
+			return fail(err)
+		}
+		opts = append(opts, opt)
+	}
 	s.grpcSrv = grpc.NewServer(opts...)
 	authpb.RegisterAuthorizationServer(s.grpcSrv, &authService{s: s})
 	healthpb.RegisterHealthServer(s.grpcSrv, s.health)
@@ -403,6 +410,9 @@ func (s *Server) register(ctx context.Context) error {
 		reg.Check.GRPCUseTLS = true
 		reg.Check.TLSSkipVerify = true
 	}
+	if s.cfg.TLS != nil {
+		s.cfg.TLS.register(reg)
+	}
 	rctx, cancel := context.WithTimeout(ctx, consulTimeout)
 	defer cancel()
 	if err := s.consul.Agent().ServiceRegisterOpts(reg, consul.ServiceRegisterOpts{}.WithContext(rctx)); err != nil {
@@ -436,7 +446,11 @@ type authService struct {
 // Login keeps the article's semantics: bad input is a message, not an error,
 // and a wrong password flips this backend to NOT_SERVING.
 func (a *authService) Login(ctx context.Context, req *authpb.LoginRequest) (*authpb.LoginResponse, error) {
-	if err := grpc.SetHeader(ctx, metadata.Pairs(BackendHeader, a.s.grpcAddr)); err != nil {
+	md := metadata.Pairs(BackendHeader, a.s.grpcAddr)
+	if t := peerTLS(ctx); t != "" {
+		md.Append(BackendTLSHeader, t)
+	}
+	if err := grpc.SetHeader(ctx, md); err != nil {
 		return nil, fmt.Errorf("set %s header: %w", BackendHeader, err)
 	}
 	switch {

@@ -4,6 +4,10 @@
 // that learns its route from that tag. One client, never restarted, calls
 // through the gateway while the backends flip health.
 //
+// With -tls the same story runs over TLS at both hops: the client verifies
+// the gateway's certificate, and the gateway dials the backends with mTLS
+// (backend_tls), every certificate from a demo CA made on the spot.
+//
 // With -keep the stack stays up for grpcurl until Ctrl-C.
 package main
 
@@ -24,9 +28,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/healthgate/healthgate/example/authpb"
@@ -48,10 +53,11 @@ func main() {
 	consulBin := flag.String("consul-bin", "", "path to the consul binary (make demo passes the cached one)")
 	binDir := flag.String("bin", "bin", "directory holding healthgate and example-backend")
 	keep := flag.Bool("keep", false, "leave the stack running until Ctrl-C instead of running the scenario")
+	useTLS := flag.Bool("tls", false, "TLS from the client to healthgate and mTLS from healthgate to the backends, with a demo CA")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *consulBin, *binDir, *keep); err != nil {
+	if err := run(ctx, *consulBin, *binDir, *keep, *useTLS); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)
 	}
@@ -101,7 +107,7 @@ func say(format string, args ...any) {
 	fmt.Printf("%s  "+format+"\n", append([]any{time.Now().Format("15:04:05.000")}, args...)...)
 }
 
-func run(ctx context.Context, consulBin, binDir string, keep bool) error {
+func run(ctx context.Context, consulBin, binDir string, keep, useTLS bool) error {
 	if consulBin == "" {
 		return errors.New("-consul-bin is required")
 	}
@@ -119,11 +125,28 @@ func run(ctx context.Context, consulBin, binDir string, keep bool) error {
 	s := &stack{logDir: logDir}
 	defer s.stop()
 
-	step("starting a local Consul agent (consul agent -dev on %s)", consulHTTP)
+	// d is nil in the plaintext demo.
+	var d *demoTLS
+	if useTLS {
+		step("making a demo CA and certificates (ECDSA P-256) in %s", filepath.Join(logDir, "tls"))
+		if d, err = newDemoTLS(filepath.Join(logDir, "tls"), len(backends)); err != nil {
+			return fmt.Errorf("certificates: %w", err)
+		}
+		say("CA %s; server certificates for healthgate and each backend (127.0.0.1, localhost)", d.caFile)
+		say("client certificates: %q for healthgate to the backends, %q for Consul's checks", gatewayClientCN, consulAgentCN)
+	}
+
 	_, port, _ := net.SplitHostPort(consulHTTP)
-	if err := s.start("consul", consulBin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+	consulArgs := []string{consulBin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", port, "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
-		"-serf-lan-port", "18301", "-serf-wan-port", "18302", "-server-port", "18300"); err != nil {
+		"-serf-lan-port", "18301", "-serf-wan-port", "18302", "-server-port", "18300"}
+	if d != nil {
+		step("starting a local Consul agent (consul agent -dev on %s) whose checks present its demo certificate (enable_agent_tls_for_checks)", consulHTTP)
+		consulArgs = append(consulArgs, d.consulArgs()...)
+	} else {
+		step("starting a local Consul agent (consul agent -dev on %s)", consulHTTP)
+	}
+	if err := s.start("consul", consulArgs...); err != nil {
 		return err
 	}
 	if err := waitHTTP(ctx, "http://"+consulHTTP+"/v1/status/leader", `"`); err != nil {
@@ -131,21 +154,44 @@ func run(ctx context.Context, consulBin, binDir string, keep bool) error {
 	}
 	say("consul is up")
 
-	step("starting two example Login backends; each registers itself in Consul with tag %q", authserver.RouteTag)
-	for _, b := range backends {
-		if err := s.start("example-backend", filepath.Join(binDir, "example-backend"),
-			"-grpc", b.grpc, "-http", b.http, "-consul", consulHTTP, "-id", "auth-"+b.name); err != nil {
+	if d != nil {
+		step("starting two example Login backends serving gRPC over mTLS (a client certificate from the demo CA is required); each registers itself in Consul with meta %s=true", authserver.MetaTLS)
+	} else {
+		step("starting two example Login backends; each registers itself in Consul with tag %q", authserver.RouteTag)
+	}
+	for i, b := range backends {
+		args := []string{filepath.Join(binDir, "example-backend"), "-grpc", b.grpc, "-http", b.http, "-consul", consulHTTP, "-id", "auth-" + b.name}
+		if d != nil {
+			args = append(args, d.backendArgs(i)...)
+		}
+		if err := s.start("example-backend", args...); err != nil {
 			return err
 		}
 		say("%s: gRPC %s, /update on http://%s/update", b.name, b.grpc, b.http)
 	}
+	if d != nil {
+		if err := showBackendsTLS(ctx, d); err != nil {
+			return fmt.Errorf("%w (logs in %s)", err, logDir)
+		}
+	}
 
-	step("starting healthgate on %s with no config file: routes come from the Consul tags", gatewayAt)
-	if err := s.start("healthgate", filepath.Join(binDir, "healthgate"), "-listen", gatewayAt, "-admin", adminAt, "-consul", consulHTTP); err != nil {
+	gwArgs := []string{filepath.Join(binDir, "healthgate"), "-listen", gatewayAt, "-admin", adminAt, "-consul", consulHTTP}
+	if d != nil {
+		path, text, err := d.gatewayConfig()
+		if err != nil {
+			return err
+		}
+		step("starting healthgate on %s with TLS on its listener and a route that dials the backends with mTLS (%s):", gatewayAt, path)
+		fmt.Print(indent(text))
+		gwArgs = append(gwArgs, "-config", path)
+	} else {
+		step("starting healthgate on %s with no config file: routes come from the Consul tags", gatewayAt)
+	}
+	if err := s.start("healthgate", gwArgs...); err != nil {
 		return err
 	}
 
-	cc, err := grpc.NewClient(gatewayAt, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(gatewayAt, clientCreds(d))
 	if err != nil {
 		return err
 	}
@@ -157,11 +203,29 @@ func run(ctx context.Context, consulBin, binDir string, keep bool) error {
 		return fmt.Errorf("healthgate never reported %s SERVING: %w (logs in %s)", authserver.HealthService, err, logDir)
 	}
 	say("healthgate reports %s SERVING", authserver.HealthService)
+	if d != nil {
+		var p peer.Peer
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := gwHealth.Check(cctx, &healthpb.HealthCheckRequest{Service: authserver.HealthService}, grpc.Peer(&p))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("health check over TLS: %w", err)
+		}
+		info, ok := p.AuthInfo.(credentials.TLSInfo)
+		if !ok {
+			return fmt.Errorf("the client's connection to healthgate is not TLS (%T)", p.AuthInfo)
+		}
+		say("client -> healthgate: %s", describeConn(info.State))
+	}
 
 	if keep {
 		fmt.Printf("\nThe stack is running (logs in %s). Try:\n", logDir)
-		fmt.Printf("  grpcurl -plaintext -import-path example/authpb -proto auth.proto -d '{\"email\":\"admin@admin.com\",\"password\":\"123456\"}' %s example.auth.v1.Authorization/Login\n", gatewayAt)
-		fmt.Printf("  bin/healthgate probe -addr %s -service %s\n", gatewayAt, authserver.HealthService)
+		if d != nil {
+			fmt.Printf("  grpcurl -cacert %s -import-path example/authpb -proto auth.proto -d '{\"email\":\"admin@admin.com\",\"password\":\"123456\"}' %s example.auth.v1.Authorization/Login\n", d.caFile, gatewayAt)
+		} else {
+			fmt.Printf("  grpcurl -plaintext -import-path example/authpb -proto auth.proto -d '{\"email\":\"admin@admin.com\",\"password\":\"123456\"}' %s example.auth.v1.Authorization/Login\n", gatewayAt)
+			fmt.Printf("  bin/healthgate probe -addr %s -service %s\n", gatewayAt, authserver.HealthService)
+		}
 		fmt.Printf("  curl http://%s/backends    # or open http://%s/ for the status page\n", adminAt, adminAt)
 		fmt.Printf("  curl http://%s/update    # brings backend-1 back after a wrong password\n", backends[0].http)
 		fmt.Println("Ctrl-C stops everything.")
@@ -182,7 +246,7 @@ func run(ctx context.Context, consulBin, binDir string, keep bool) error {
 
 	step("a wrong password flips the backend that served it to NOT_SERVING")
 	first := login(ctx, client, "admin@admin.com", "12345623")
-	if err := waitBackend(ctx, first, healthpb.HealthCheckResponse_NOT_SERVING); err != nil {
+	if err := waitBackend(ctx, d, first, healthpb.HealthCheckResponse_NOT_SERVING); err != nil {
 		return err
 	}
 	say("%s now reports NOT_SERVING; healthgate's Watch stream on it saw that within milliseconds", first)
@@ -222,7 +286,7 @@ func run(ctx context.Context, consulBin, binDir string, keep bool) error {
 	if err := update(ctx, second); err != nil {
 		return err
 	}
-	if err := waitBackend(ctx, second, healthpb.HealthCheckResponse_SERVING); err != nil {
+	if err := waitBackend(ctx, d, second, healthpb.HealthCheckResponse_SERVING); err != nil {
 		return err
 	}
 	if err := waitBothServe(ctx, client); err != nil {
@@ -253,7 +317,11 @@ func login(ctx context.Context, c authpb.AuthorizationClient, email, password st
 	if u := res.GetUser(); u != nil {
 		user = fmt.Sprintf("{id:%d username:%s}", u.GetId(), u.GetUsername())
 	}
-	say("Login(%q, %q) -> %q, user %s   [served by %s]", email, password, res.GetMessage(), user, by)
+	via := ""
+	if t := hdr.Get(authserver.BackendTLSHeader); len(t) > 0 {
+		via = " over " + strings.Join(t, ",")
+	}
+	say("Login(%q, %q) -> %q, user %s   [served by %s%s]", email, password, res.GetMessage(), user, by, via)
 	return by
 }
 
@@ -300,8 +368,12 @@ func waitGateway(ctx context.Context, h healthpb.HealthClient, svc string, want 
 
 // waitBackend follows a backend's own health Watch until want, the same
 // signal healthgate follows.
-func waitBackend(ctx context.Context, addr string, want healthpb.HealthCheckResponse_ServingStatus) error {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func waitBackend(ctx context.Context, d *demoTLS, addr string, want healthpb.HealthCheckResponse_ServingStatus) error {
+	creds, err := backendCreds(d)
+	if err != nil {
+		return err
+	}
+	cc, err := grpc.NewClient(addr, creds)
 	if err != nil {
 		return err
 	}
@@ -354,4 +426,31 @@ func waitHTTP(ctx context.Context, url, bodyHas string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// showBackendsTLS shows the backends' side of mTLS: Consul's gRPC check of
+// each passes over TLS with the agent's certificate, and a client without
+// a certificate is refused at the handshake.
+func showBackendsTLS(ctx context.Context, d *demoTLS) error {
+	ids := make([]string, len(backends))
+	for i, b := range backends {
+		ids[i] = "auth-" + b.name
+	}
+	outputs, err := waitConsulChecks(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i, b := range backends {
+		say("%s: Consul's gRPC check over mTLS (client certificate CN=%s) passes: %q", b.name, consulAgentCN, outputs[ids[i]])
+	}
+	err = refusedWithoutCert(ctx, d, backends[0].grpc)
+	if err == nil {
+		return fmt.Errorf("%s served a client without a certificate", backends[0].name)
+	}
+	say("a TLS client without a certificate calling %s directly is refused: %v", backends[0].name, err)
+	return nil
+}
+
+func indent(text string) string {
+	return "    " + strings.ReplaceAll(strings.TrimSuffix(text, "\n"), "\n", "\n    ") + "\n"
 }
