@@ -35,7 +35,18 @@ type Settings struct {
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Limits bound what one client can hold of the gateway.
 	Limits Limits `yaml:"limits"`
+	// Engine is the forwarding engine: EngineGRPC, a grpc-go server and
+	// client stream per call (the reference), or EngineRelay, HTTP/2
+	// frames relayed between the client's and the backend's connections
+	// without a stream of grpc-go on either side. Empty means EngineGRPC.
+	Engine string `yaml:"engine"`
 }
+
+// The forwarding engines.
+const (
+	EngineGRPC  = "grpc"
+	EngineRelay = "relay"
+)
 
 // Limits bound what clients can make the gateway hold: streams, header
 // bytes, connections and their time. Every engine enforces the same
@@ -129,6 +140,8 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("max_response_bytes: must not be negative, got %d", s.MaxResponseBytes)
 	case s.DefaultTimeout < 0:
 		return fmt.Errorf("default_timeout: must not be negative, got %s", s.DefaultTimeout)
+	case s.Engine != "" && s.Engine != EngineGRPC && s.Engine != EngineRelay:
+		return fmt.Errorf("engine: %q is not %s or %s", s.Engine, EngineGRPC, EngineRelay)
 	}
 	if err := s.Limits.Validate(); err != nil {
 		return fmt.Errorf("limits.%w", err)
@@ -146,6 +159,9 @@ func (s Settings) WithDefaults() Settings {
 		s.MaxResponseBytes = DefaultMaxMessageBytes
 	}
 	s.Limits = s.Limits.WithDefaults()
+	if s.Engine == "" {
+		s.Engine = EngineGRPC
+	}
 	return s
 }
 
