@@ -38,6 +38,7 @@ import (
 	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/healthserver"
 	"github.com/healthgate/healthgate/internal/certfile"
+	"github.com/healthgate/healthgate/internal/h2"
 	"github.com/healthgate/healthgate/metrics"
 	"github.com/healthgate/healthgate/proxy"
 	"github.com/healthgate/healthgate/proxy/proxycfg"
@@ -57,6 +58,12 @@ type Gateway struct {
 	metrics *metrics.Metrics
 	srv     *grpc.Server
 	proxy   *proxy.Proxy
+	// front serves clients: srv for the grpc engine, relay for the relay
+	// engine, which reaches srv (the gateway's own health service) in
+	// memory through local.
+	front   front
+	relay   *proxy.Relay
+	local   *localUpstream
 	connect *discovery.ConnectCA
 	state   atomic.Pointer[healthcheck.State]
 
@@ -103,6 +110,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		DialOptions: BackendDialOptions(),
 		Events:      g.metrics,
 		Connect:     g.connect,
+		RelayConns:  cfg.Proxy.Engine == proxycfg.EngineRelay,
 	}, logger)
 	if err != nil {
 		return nil, err
@@ -122,6 +130,15 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	g.proxy = px
 	g.srv = grpc.NewServer(append(px.ServerOptions(), serverOptions()...)...)
 	healthpb.RegisterHealthServer(g.srv, g.health)
+	g.front = g.srv
+	if cfg.Proxy.Engine == proxycfg.EngineRelay {
+		g.local = &localUpstream{lis: h2.NewPipeListener()}
+		g.relay = px.NewRelay(proxy.RelayConfig{
+			Local:     map[string]proxy.RelayUpstream{healthpb.Health_ServiceDesc.ServiceName: g.local},
+			UserAgent: "healthgate/" + Version,
+		})
+		g.front = g.relay
+	}
 	return g, nil
 }
 
@@ -430,7 +447,19 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	}()
 	serveDone := make(chan error, 1)
 	lis = g.proxy.Listener(lis)
-	go func() { serveDone <- g.srv.Serve(lis) }()
+	localDone := make(chan struct{})
+	if g.relay != nil {
+		go func() {
+			defer close(localDone)
+			var wg sync.WaitGroup
+			wg.Go(func() { _ = g.srv.Serve(g.local.lis) })
+			g.local.run(runCtx)
+			wg.Wait()
+		}()
+	} else {
+		close(localDone)
+	}
+	go func() { serveDone <- g.front.Serve(lis) }()
 	g.listening.Store(true)
 	g.log.Info("healthgate serving", "listen", lis.Addr().String())
 
@@ -496,17 +525,22 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	g.health.Close()
 	g.listening.Store(false)
 	stopped := make(chan struct{})
-	go func() { g.srv.GracefulStop(); close(stopped) }()
+	go func() { g.front.GracefulStop(); close(stopped) }()
 	t := time.NewTimer(cfg.Shutdown.Grace)
 	select {
 	case <-stopped:
 		t.Stop()
 	case <-t.C:
 		g.log.Warn("grace period over, cancelling the calls still in flight")
-		g.srv.Stop()
+		g.front.Stop()
 		<-stopped
 	}
 	stop()
+	if g.relay != nil {
+		g.srv.Stop()
+		g.local.lis.Close()
+	}
+	<-localDone
 	<-connectDone
 	if cerr := <-checkDone; err == nil {
 		err = cerr
@@ -526,5 +560,53 @@ func (g *Gateway) publish(st *healthcheck.State) {
 	g.state.Store(st)
 	if st.Synced {
 		g.syncedOnce.Do(func() { close(g.synced) })
+	}
+}
+
+// front is what serves the gateway's clients.
+type front interface {
+	Serve(net.Listener) error
+	GracefulStop()
+	Stop()
+}
+
+// localUpstream is the relay's way to the gateway's own grpc.Server: an
+// HTTP/2 connection in memory, kept up until the gateway stops.
+type localUpstream struct {
+	lis  *h2.PipeListener
+	mu   sync.Mutex
+	conn *h2.Conn
+}
+
+func (l *localUpstream) Addr() string       { return "in-process" }
+func (l *localUpstream) Done(proxy.Outcome) {}
+
+func (l *localUpstream) RelayConn() *h2.Conn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil || !l.conn.CanOpen() {
+		return nil
+	}
+	return l.conn
+}
+
+func (l *localUpstream) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		nc, err := l.lis.Dial()
+		if err != nil {
+			return
+		}
+		c := h2.NewConn(nc, h2.Client, h2.Config{ConnCreditOnReceipt: true})
+		c.SetOnReady(func() {
+			l.mu.Lock()
+			l.conn = c
+			l.mu.Unlock()
+		})
+		stop := context.AfterFunc(ctx, c.Close)
+		_ = c.Serve(time.Time{})
+		stop()
+		l.mu.Lock()
+		l.conn = nil
+		l.mu.Unlock()
 	}
 }

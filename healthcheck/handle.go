@@ -1,6 +1,8 @@
 package healthcheck
 
 import (
+	"github.com/healthgate/healthgate/internal/h2"
+
 	"context"
 	"fmt"
 	"log/slog"
@@ -69,6 +71,8 @@ type Handle struct {
 	// stopProbe ends the liveness probe of the current connection.
 	stopProbe context.CancelFunc
 	watches   map[string]*watch
+	// relay is the relay engine's connection, once its handshake is done.
+	relay *h2.Conn
 }
 
 // watch is the health of one health-service name on one backend.
@@ -121,6 +125,10 @@ func (c *Checker) newHandle(ctx context.Context, addr string, t transport) (*Han
 	}
 	b.wg.Add(1)
 	go b.monitor()
+	if c.cfg.RelayConns {
+		b.wg.Add(1)
+		go b.relayLoop()
+	}
 	return b, nil
 }
 
@@ -204,6 +212,10 @@ func (b *Handle) monitor() {
 func (b *Handle) setConn(st connectivity.State) {
 	ready := st == connectivity.Ready
 	b.mu.Lock()
+	// With the relay engine, calls travel the relay's own connection: the
+	// backend is connected when both are.
+	relayDown := ready && b.c.cfg.RelayConns && b.relay == nil
+	ready = ready && !relayDown
 	wasReady := b.ready
 	b.ready = ready
 	switch {
@@ -223,6 +235,9 @@ func (b *Handle) setConn(st connectivity.State) {
 		// Every change while not ready is news for /backends: connecting,
 		// refused (TRANSIENT_FAILURE), idle after a GOAWAY.
 		b.connReason = "connection " + st.String()
+		if relayDown {
+			b.connReason = "relay connection not up"
+		}
 		if err := b.tracker.LastErr(); st == connectivity.TransientFailure && err != nil {
 			b.connReason += ": " + err.Error()
 		}
@@ -284,6 +299,9 @@ func (b *Handle) startProbeLocked() {
 				return
 			}
 			b.setAlive(alive, reason)
+			if !alive {
+				b.closeRelay()
+			}
 			if !alive && b.tracker.Sever() {
 				// As grpc's keepalive does: the calls in flight on a
 				// backend that stopped answering fail now, UNAVAILABLE,

@@ -70,6 +70,9 @@ type Config struct {
 	// Connect, if set, is the gateway's Connect identity, for backends
 	// that are Connect-native or on a connect route.
 	Connect ConnectIdentity
+	// RelayConns keeps an HTTP/2 connection of the relay engine's to each
+	// backend (Handle.RelayConn).
+	RelayConns bool
 }
 
 func minHealthy(rc RouteConfig) int { return rc.WithDefaults().MinHealthy }

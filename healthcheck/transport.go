@@ -119,6 +119,18 @@ func cmpString(a, b string) int {
 // options carry it). id is the gateway's Connect identity, nil when there
 // is none.
 func (t transport) creds(id ConnectIdentity) (credentials.TransportCredentials, error) {
+	c, err := t.tlsConfig(id)
+	if err != nil || c == nil {
+		return nil, err
+	}
+	if t.connect {
+		return connectCreds{credentials.NewTLS(c), id}, nil
+	}
+	return credentials.NewTLS(c), nil
+}
+
+// tlsConfig is the TLS of t; nil for plaintext.
+func (t transport) tlsConfig(id ConnectIdentity) (*tls.Config, error) {
 	if t.connect {
 		switch {
 		case t.connectSvc == "":
@@ -126,7 +138,7 @@ func (t transport) creds(id ConnectIdentity) (credentials.TransportCredentials, 
 		case id == nil:
 			return nil, fmt.Errorf("backend needs Consul Connect (service %q) but the gateway has no Connect identity: set consul.address", t.connectSvc)
 		}
-		return connectCreds{credentials.NewTLS(id.ClientTLS(t.connectSvc, t.connectDC)), id}, nil
+		return id.ClientTLS(t.connectSvc, t.connectDC), nil
 	}
 	if !t.tls {
 		return nil, nil
@@ -150,7 +162,7 @@ func (t transport) creds(id ConnectIdentity) (credentials.TransportCredentials, 
 		}
 		c.Certificates = []tls.Certificate{pair}
 	}
-	return credentials.NewTLS(c), nil
+	return c, nil
 }
 
 // ConnectIdentity is the gateway's identity in Consul Connect, with which

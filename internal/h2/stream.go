@@ -1,0 +1,192 @@
+package h2
+
+import (
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Handler receives one stream's events from the peer, on the connection's
+// reader goroutine, except Sent, which runs on the writer goroutine. No
+// method may block.
+type Handler interface {
+	// Headers: a header block; trailers when f.StreamEnded().
+	Headers(s *Stream, f *http2.MetaHeadersFrame)
+	// Data: payload bytes, valid only during the call. The stream's
+	// window shrinks by len(p) until Consumed gives it back.
+	Data(s *Stream, p []byte, endStream bool)
+	// Reset: the stream ended abnormally: reset by the peer (err nil), or
+	// by the connection (err says why: closed, GOAWAY above the stream,
+	// a protocol error). No event follows.
+	Reset(s *Stream, code http2.ErrCode, err error)
+	// Sent: n bytes of DATA queued by WriteData went out.
+	Sent(s *Stream, n int)
+}
+
+// Stream is one HTTP/2 stream. Its methods may be called from any
+// goroutine.
+type Stream struct {
+	c  *Conn
+	id uint32 // 0 for a Client stream until its HEADERS are written
+	h  Handler
+	// Value is the owner's: the relay keeps its call here.
+	Value any
+
+	// guarded by c.mu
+	out        []outItem
+	inReady    bool
+	sendWindow int32
+	recvWindow int32
+	unacked    int32
+	localDone  bool // END_STREAM queued or sent by us
+	remoteDone bool // END_STREAM received
+	answered   bool // a Server stream's response HEADERS queued
+	closed     bool
+}
+
+type outKind uint8
+
+const (
+	outHeaders outKind = iota
+	outData
+)
+
+type outItem struct {
+	kind   outKind
+	fields []hpack.HeaderField
+	data   []byte
+	end    bool
+	// release, if set, is called once the item is written or dropped.
+	release func()
+}
+
+// ID is the stream's ID; 0 for a Client stream not yet sent.
+func (s *Stream) ID() uint32 {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.id
+}
+
+// Conn is the stream's connection.
+func (s *Stream) Conn() *Conn { return s.c }
+
+// Accept sets a Server stream's handler; OnStream must call it (or Reset).
+func (s *Stream) Accept(h Handler) { s.h = h }
+
+// OpenStream queues a new stream with its request headers; its ID is
+// assigned when they are written, in order, under the peer's limit on
+// concurrent streams.
+func (c *Conn) OpenStream(fields []hpack.HeaderField, endStream bool, h Handler) (*Stream, error) {
+	c.mu.Lock()
+	if c.closed || c.goAwayRecv || c.goAwaySent {
+		c.mu.Unlock()
+		return nil, ErrClosed
+	}
+	s := &Stream{c: c, h: h, sendWindow: c.peerStreamWindow, recvWindow: int32(c.cfg.StreamWindow)}
+	s.out = append(s.out, outItem{kind: outHeaders, fields: fields, end: endStream})
+	s.localDone = endStream
+	c.pending = append(c.pending, s)
+	c.active++
+	c.lastActive = timeNow()
+	c.mu.Unlock()
+	c.kick()
+	return s, nil
+}
+
+// WriteHeaders queues a header block: response headers, or trailers with
+// endStream. The fields are the connection's until written.
+func (s *Stream) WriteHeaders(fields []hpack.HeaderField, endStream bool) {
+	c := s.c
+	c.mu.Lock()
+	if s.closed || s.localDone {
+		c.mu.Unlock()
+		return
+	}
+	s.answered = true
+	s.out = append(s.out, outItem{kind: outHeaders, fields: fields, end: endStream})
+	s.localDone = endStream
+	c.readyLocked(s)
+	c.mu.Unlock()
+	c.kick()
+}
+
+// WriteData queues p, sent as the peer's windows allow; the handler's
+// Sent reports each part written, and release (if not nil) is called
+// once p is no longer needed. It reports false, having released p, when
+// the stream is gone.
+func (s *Stream) WriteData(p []byte, endStream bool, release func()) bool {
+	c := s.c
+	c.mu.Lock()
+	if s.closed || s.localDone {
+		c.mu.Unlock()
+		if release != nil {
+			release()
+		}
+		return false
+	}
+	s.out = append(s.out, outItem{kind: outData, data: p, end: endStream, release: release})
+	s.localDone = endStream
+	c.readyLocked(s)
+	c.mu.Unlock()
+	c.kick()
+	return true
+}
+
+// Reset ends the stream with RST_STREAM code; its handler hears nothing
+// more.
+func (s *Stream) Reset(code http2.ErrCode) {
+	c := s.c
+	c.mu.Lock()
+	if s.closed {
+		c.mu.Unlock()
+		return
+	}
+	id := s.id
+	c.closeStreamLocked(s)
+	if id == 0 {
+		// Never sent: nothing to tell the peer; drop it from pending.
+		for i, p := range c.pending {
+			if p == s {
+				c.pending = append(c.pending[:i], c.pending[i+1:]...)
+				break
+			}
+		}
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	_ = c.queueControl(ctrlFrame{kind: ctrlRST, stream: id, code: code})
+}
+
+// Consumed gives the peer n bytes of the stream's window back (and of the
+// connection's, unless that went back on receipt): the consumer has taken
+// them. Updates are batched, a quarter of the window at a time.
+func (s *Stream) Consumed(n int) {
+	if n <= 0 {
+		return
+	}
+	c := s.c
+	c.mu.Lock()
+	if !c.cfg.ConnCreditOnReceipt {
+		c.creditConnLocked(int64(n))
+	}
+	if s.closed || s.remoteDone {
+		c.mu.Unlock()
+		c.kick()
+		return
+	}
+	s.unacked += int32(n)
+	if s.unacked >= int32(c.cfg.StreamWindow/4) {
+		c.control = append(c.control, ctrlFrame{kind: ctrlWindow, stream: s.id, n: uint32(s.unacked)})
+		s.recvWindow += s.unacked
+		s.unacked = 0
+	}
+	c.mu.Unlock()
+	c.kick()
+}
+
+// Closed reports whether the stream is over for this end.
+func (s *Stream) Closed() bool {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.closed
+}

@@ -1,0 +1,304 @@
+package h2
+
+import (
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// timeNow is time.Now; a variable of the package only in name, never
+// replaced.
+func timeNow() time.Time { return time.Now() }
+
+// encBuffer collects one HPACK-encoded header block.
+type encBuffer struct{ b []byte }
+
+func (e *encBuffer) Write(p []byte) (int, error) { e.b = append(e.b, p...); return len(p), nil }
+
+// pick is one frame (or a header block) taken from the queues to write.
+type pick struct {
+	s    *Stream
+	id   uint32
+	item outItem
+	ctrl *ctrlFrame
+	// rstAfter: a Server stream answered in full before the client
+	// finished sending gets RST_STREAM NO_ERROR, so that it stops.
+	rstAfter bool
+}
+
+// fairShare is how much DATA one stream may write per turn while others
+// wait: a stream with a large message does not hold up the others' small
+// ones for longer than a few frames.
+const fairShare = 64 << 10
+
+func (c *Conn) writeLoop() {
+	defer close(c.writerDone)
+	defer c.nc.Close()
+	var picks []pick
+	var ctrls []ctrlFrame
+	for {
+		<-c.wake
+		if err := c.writeFirst(); err != nil {
+			c.closeWith(err)
+			return
+		}
+		for {
+			var tableSize uint32
+			var tableChanged, closed bool
+			picks, ctrls, tableSize, tableChanged, closed = c.collect(picks[:0], ctrls[:0])
+			if len(picks) == 0 {
+				if closed {
+					_ = c.bw.Flush()
+					return
+				}
+				break
+			}
+			if tableChanged {
+				c.enc.SetMaxDynamicTableSizeLimit(tableSize)
+			}
+			closeAfter, err := c.writePicks(picks)
+			if err == nil {
+				err = c.bw.Flush()
+			}
+			c.afterWrite(picks)
+			if err != nil {
+				c.closeWith(err)
+				return
+			}
+			if closeAfter {
+				c.mu.Lock()
+				c.goAwaySent = true // no GOAWAY again from closeWith
+				c.mu.Unlock()
+				c.closeWith(nil)
+				_ = c.bw.Flush()
+				return
+			}
+		}
+	}
+}
+
+// writeFirst writes the preface (a Client's) and the first SETTINGS, once.
+func (c *Conn) writeFirst() error {
+	c.mu.Lock()
+	first := c.first
+	c.first = nil
+	c.mu.Unlock()
+	if first == nil {
+		return nil
+	}
+	if c.role == Client {
+		if _, err := c.bw.WriteString(ClientPreface); err != nil {
+			return err
+		}
+	}
+	if err := c.wf.WriteSettings(first...); err != nil {
+		return err
+	}
+	if c.cfg.ConnWindow > 65535 {
+		if err := c.wf.WriteWindowUpdate(0, c.cfg.ConnWindow-65535); err != nil {
+			return err
+		}
+	}
+	return c.bw.Flush()
+}
+
+// collect takes what can be written now: control frames first, then new
+// streams' headers, then each ready stream's frames in turn within the
+// peer's windows.
+func (c *Conn) collect(picks []pick, ctrls []ctrlFrame) ([]pick, []ctrlFrame, uint32, bool, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ctrls = append(ctrls, c.control...)
+	clear(c.control)
+	c.control = c.control[:0]
+	for i := range ctrls {
+		picks = append(picks, pick{ctrl: &ctrls[i]})
+	}
+	tableSize, tableChanged := c.peerTableSize, c.tableSizeChanged
+	c.tableSizeChanged = false
+	if c.closed {
+		return picks, ctrls, tableSize, tableChanged, true
+	}
+	for len(c.pending) > 0 && uint32(len(c.streams)) < c.peerMaxStreams {
+		s := c.pending[0]
+		c.pending = c.pending[1:]
+		s.id = c.nextStreamID
+		c.nextStreamID += 2
+		c.streams[s.id] = s
+		c.readyLocked(s)
+	}
+	ready := c.ready
+	c.ready = nil
+	for _, s := range ready {
+		s.inReady = false
+		budget := fairShare
+		for len(s.out) > 0 && !s.closed {
+			it := &s.out[0]
+			if it.kind == outData && len(it.data) > 0 {
+				n := min(int64(len(it.data)), int64(s.sendWindow), c.sendWindow, int64(budget))
+				if n <= 0 {
+					break
+				}
+				if n < int64(len(it.data)) {
+					// Part of the item: the rest waits for window or its turn.
+					picks = append(picks, pick{s: s, id: s.id, item: outItem{kind: outData, data: it.data[:n]}})
+					it.data = it.data[n:]
+					s.sendWindow -= int32(n)
+					c.sendWindow -= n
+					budget -= int(n)
+					continue
+				}
+				s.sendWindow -= int32(n)
+				c.sendWindow -= n
+				budget -= int(n)
+			}
+			item := *it
+			s.out[0] = outItem{}
+			s.out = s.out[1:]
+			p := pick{s: s, id: s.id, item: item}
+			if item.end {
+				if !s.remoteDone && c.role == Server {
+					p.rstAfter = true
+					s.remoteDone = true
+				}
+				if s.remoteDone {
+					c.closeStreamLocked(s)
+				}
+			}
+			picks = append(picks, p)
+		}
+		if len(s.out) > 0 && !s.closed && (s.out[0].kind != outData || len(s.out[0].data) == 0 || (s.sendWindow > 0 && c.sendWindow > 0)) {
+			// More to write at once, after the others' turn.
+			c.readyLocked(s)
+		}
+	}
+	return picks, ctrls, tableSize, tableChanged, false
+}
+
+func (c *Conn) writePicks(picks []pick) (closeAfter bool, err error) {
+	wrote := false
+	defer func() {
+		if wrote {
+			c.markWroteStream()
+		}
+	}()
+	for i := range picks {
+		p := &picks[i]
+		if p.ctrl != nil {
+			f := p.ctrl
+			switch f.kind {
+			case ctrlSettingsAck:
+				err = c.wf.WriteSettingsAck()
+			case ctrlPing:
+				err = c.wf.WritePing(false, f.data)
+			case ctrlPingAck:
+				err = c.wf.WritePing(true, f.data)
+			case ctrlWindow:
+				err = c.wf.WriteWindowUpdate(f.stream, f.n)
+			case ctrlRST:
+				err = c.wf.WriteRSTStream(f.stream, f.code)
+			case ctrlGoAway:
+				err = c.wf.WriteGoAway(f.stream, f.code, []byte(f.debug))
+				closeAfter = closeAfter || f.after
+			case ctrlClose:
+				closeAfter = true
+			}
+			if err != nil {
+				return false, err
+			}
+			continue
+		}
+		wrote = true
+		switch p.item.kind {
+		case outHeaders:
+			err = c.writeHeaders(p.id, p.item)
+		case outData:
+			err = c.writeData(p.id, p.item.data, p.item.end)
+		}
+		if err == nil && p.rstAfter {
+			err = c.wf.WriteRSTStream(p.id, http2.ErrCodeNo)
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	return closeAfter, nil
+}
+
+func (c *Conn) writeHeaders(id uint32, it outItem) error {
+	c.encBuf.b = c.encBuf.b[:0]
+	for _, f := range it.fields {
+		if err := c.enc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := c.encBuf.b
+	max := int(c.peerMaxFrameSize())
+	first := block
+	if len(first) > max {
+		first = first[:max]
+	}
+	rest := block[len(first):]
+	if err := c.wf.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: it.end, EndHeaders: len(rest) == 0}); err != nil {
+		return err
+	}
+	for len(rest) > 0 {
+		frag := rest
+		if len(frag) > max {
+			frag = frag[:max]
+		}
+		rest = rest[len(frag):]
+		if err := c.wf.WriteContinuation(id, len(rest) == 0, frag); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Conn) peerMaxFrameSize() uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peerMaxFrame
+}
+
+func (c *Conn) writeData(id uint32, data []byte, end bool) error {
+	max := int(c.peerMaxFrameSize())
+	for {
+		chunk := data
+		if len(chunk) > max {
+			chunk = chunk[:max]
+		}
+		data = data[len(chunk):]
+		if err := c.wf.WriteData(id, end && len(data) == 0, chunk); err != nil {
+			return err
+		}
+		if len(data) == 0 {
+			return nil
+		}
+	}
+}
+
+// afterWrite tells each stream's handler what went out, and lets go of
+// the buffers written.
+func (c *Conn) afterWrite(picks []pick) {
+	for i := range picks {
+		p := &picks[i]
+		if p.ctrl != nil || p.item.kind != outData {
+			p.item.fields = nil
+			continue
+		}
+		if n := len(p.item.data); n > 0 && p.s.h != nil {
+			p.s.h.Sent(p.s, n)
+		}
+		if p.item.release != nil {
+			p.item.release()
+		}
+		*p = pick{}
+	}
+}
+
+func (c *Conn) markWroteStream() {
+	c.mu.Lock()
+	c.wroteStream = true
+	c.mu.Unlock()
+}

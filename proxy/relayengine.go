@@ -1,0 +1,885 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/healthgate/healthgate/internal/h2"
+)
+
+// The relay engine: a call is an HTTP/2 stream on the client's connection
+// tied to a stream on the backend's connection, its frames passed from one
+// to the other by each connection's reader and writer goroutines (see
+// internal/h2): no goroutine, no grpc-go stream and no message decoding
+// per call. Flow control ties the two: the credit a peer gets back is the
+// room the other side's stream has made.
+
+// RelayUpstream is what the relay needs of an upstream: the backend's
+// HTTP/2 connection, if it has one that takes streams now. It must not
+// block.
+type RelayUpstream interface {
+	Upstream
+	RelayConn() *h2.Conn
+}
+
+// callCtx is the Picker's context for relayed calls: the relay has no
+// per-call context, and the Picker only reads values from it.
+var callCtx = context.Background()
+
+// relayCall is one call relayed: the client's stream, the backend's, and
+// what is known of the call. Events come from both connections'
+// goroutines and the deadline's timer; mu orders them.
+type relayCall struct {
+	r      *Relay
+	client *h2.Stream
+	from   net.Addr
+	tlsID  string
+	method string
+	start  time.Time
+	// deadline is when the client's grpc-timeout (or the default) ends;
+	// zero without one.
+	deadline time.Time
+	// reqFields are the headers sent to the backend, kept to open the
+	// stream again on another backend when one refuses it before any
+	// request byte was sent.
+	reqFields []hpack.HeaderField
+	reqEnded  bool
+
+	mu       sync.Mutex
+	backend  *h2.Stream
+	up       Upstream
+	tried    []Upstream
+	attempts int
+	timer    *time.Timer
+	// answered: response headers went to the client.
+	answered bool
+	// sentReq: request bytes went to the backend: the call can no longer
+	// move to another backend.
+	sentReq             bool
+	done                bool
+	reqMsg              msgLimit
+	respMsg             msgLimit
+	reqBytes, respBytes int64
+	// reqPending is request bytes handed to the backend stream and not yet
+	// written: the client's credit for them comes back when they are, or
+	// all at once when the call ends first.
+	reqPending int
+}
+
+// msgLimit reads gRPC message prefixes (1 byte flag, 4 bytes length)
+// across DATA frames, to hold each message to a size limit without
+// buffering it.
+type msgLimit struct {
+	hdr    [5]byte
+	have   int    // bytes of hdr read
+	remain uint32 // bytes of the current message body still to come
+}
+
+// feed reads p and returns the length of a message over max, or 0.
+func (m *msgLimit) feed(p []byte, max int) uint32 {
+	for len(p) > 0 {
+		if m.remain > 0 {
+			n := min(uint32(len(p)), m.remain)
+			m.remain -= n
+			p = p[n:]
+			continue
+		}
+		n := copy(m.hdr[m.have:], p)
+		m.have += n
+		p = p[n:]
+		if m.have < 5 {
+			return 0
+		}
+		m.have = 0
+		l := binary.BigEndian.Uint32(m.hdr[1:])
+		if int64(l) > int64(max) {
+			return l
+		}
+		m.remain = l
+	}
+	return 0
+}
+
+// Relay serves clients with the relay engine.
+type Relay struct {
+	p     *Proxy
+	local map[string]RelayUpstream
+	ua    string
+	bufs  sync.Pool
+
+	mu       sync.Mutex
+	conns    map[*h2.Conn]struct{}
+	draining bool
+	wg       sync.WaitGroup
+	lis      []net.Listener
+}
+
+// RelayConfig is what the relay needs beside the proxy's configuration.
+type RelayConfig struct {
+	// Local maps a gRPC service ("grpc.health.v1.Health") to an upstream
+	// that serves it inside the gateway: its calls go there, never
+	// through the Picker.
+	Local map[string]RelayUpstream
+	// UserAgent is sent to backends.
+	UserAgent string
+}
+
+// NewRelay returns the relay engine for p.
+func (p *Proxy) NewRelay(cfg RelayConfig) *Relay {
+	r := &Relay{p: p, local: cfg.Local, ua: cfg.UserAgent, conns: map[*h2.Conn]struct{}{}}
+	r.bufs.New = func() any { b := make([]byte, 16<<10); return &b }
+	return r
+}
+
+// Serve accepts client connections on lis until it is closed.
+func (r *Relay) Serve(lis net.Listener) error {
+	r.mu.Lock()
+	if r.draining {
+		r.mu.Unlock()
+		lis.Close()
+		return net.ErrClosed
+	}
+	r.lis = append(r.lis, lis)
+	r.mu.Unlock()
+	for {
+		nc, err := lis.Accept()
+		if err != nil {
+			r.mu.Lock()
+			draining := r.draining
+			r.mu.Unlock()
+			if draining {
+				return nil
+			}
+			return err
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.serveConn(nc)
+		}()
+	}
+}
+
+func (r *Relay) serveConn(nc net.Conn) {
+	l := r.p.cfg.Limits
+	handshake := time.Now().Add(l.HandshakeTimeout)
+	var tlsID string
+	if tc := r.p.cfg.ListenTLS; tc != nil {
+		t := tls.Server(nc, tc)
+		_ = nc.SetDeadline(handshake)
+		if err := t.Handshake(); err != nil {
+			nc.Close()
+			return
+		}
+		_ = nc.SetDeadline(time.Time{})
+		if p := t.ConnectionState().NegotiatedProtocol; p != "h2" {
+			// gRPC is HTTP/2 only; a client that did not offer h2 cannot
+			// speak it.
+			t.Close()
+			return
+		}
+		if r.p.identity {
+			tlsID = identityOf(t.ConnectionState())
+		}
+		nc = t
+	}
+	from := nc.RemoteAddr()
+	var c *h2.Conn
+	pings := pingPolicy{min: l.MinPingInterval}
+	resets := resetPolicy{}
+	c = h2.NewConn(nc, h2.Server, h2.Config{
+		MaxConcurrentStreams: l.MaxConcurrentStreams,
+		MaxHeaderListSize:    l.MaxHeaderListBytes,
+		StreamWindow:         1 << 20,
+		ConnWindow:           16 << 20,
+		OnStream: func(s *h2.Stream, f *http2.MetaHeadersFrame) {
+			r.startCall(s, f, from, tlsID)
+		},
+		OnPing:  pings.allow,
+		OnReset: resets.allow,
+		Logger:  r.p.log,
+	})
+	r.mu.Lock()
+	if r.draining {
+		r.mu.Unlock()
+		nc.Close()
+		return
+	}
+	r.conns[c] = struct{}{}
+	r.mu.Unlock()
+	stop := r.connTimers(c)
+	_ = c.Serve(handshake)
+	stop()
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
+}
+
+// connTimers enforces the idle timeout and the maximum age of a client
+// connection, each with a GOAWAY that lets the calls in flight finish
+// (within the age's grace, if it has one).
+func (r *Relay) connTimers(c *h2.Conn) (stop func()) {
+	l := r.p.cfg.Limits
+	age := time.AfterFunc(l.MaxConnectionAge, func() {
+		c.GoAway(http2.ErrCodeNo, "max_age")
+		if g := l.MaxConnectionAgeGrace; g > 0 {
+			time.AfterFunc(g, c.Close)
+		}
+	})
+	var idle *time.Timer
+	var check func()
+	check = func() {
+		if c.Active() == 0 {
+			c.GoAway(http2.ErrCodeNo, "idle")
+			return
+		}
+		idle.Reset(l.IdleTimeout)
+	}
+	idle = time.AfterFunc(l.IdleTimeout, check)
+	return func() { age.Stop(); idle.Stop() }
+}
+
+// pingPolicy is the keepalive enforcement of grpc-go's servers: a PING
+// sooner than the minimum interval after the last is a strike, and the
+// third strike closes the connection.
+type pingPolicy struct {
+	mu      sync.Mutex
+	min     time.Duration
+	last    time.Time
+	strikes int
+}
+
+func (p *pingPolicy) allow(answered bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	switch {
+	case answered:
+		// grpc-go clients measure bandwidth with a PING after data they
+		// receive: the connection is working, not being flooded.
+		p.strikes = 0
+	case !p.last.IsZero() && now.Sub(p.last) < p.min:
+		p.strikes++
+	}
+	p.last = now
+	return p.strikes <= 2
+}
+
+// resetPolicy closes a connection whose client resets most of its
+// streams before they are answered (CVE-2023-44487, rapid reset): after
+// 100 streams, more than half reset unanswered is an attack, not a client.
+type resetPolicy struct {
+	mu           sync.Mutex
+	total, reset int
+}
+
+func (p *resetPolicy) allow(answered bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total++
+	if !answered {
+		p.reset++
+	}
+	return p.total < 100 || p.reset*2 <= p.total
+}
+
+// GracefulStop stops accepting, sends every connection GOAWAY and waits
+// until their calls have finished.
+func (r *Relay) GracefulStop() {
+	r.mu.Lock()
+	r.draining = true
+	for _, l := range r.lis {
+		l.Close()
+	}
+	conns := make([]*h2.Conn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.GoAway(http2.ErrCodeNo, "draining")
+	}
+	r.wg.Wait()
+}
+
+// Stop closes every connection at once.
+func (r *Relay) Stop() {
+	r.mu.Lock()
+	r.draining = true
+	for _, l := range r.lis {
+		l.Close()
+	}
+	conns := make([]*h2.Conn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	r.wg.Wait()
+}
+
+func identityOf(cs tls.ConnectionState) string {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	leaf := cs.VerifiedChains[0][0]
+	switch {
+	case len(leaf.URIs) > 0:
+		return leaf.URIs[0].String()
+	case len(leaf.DNSNames) > 0:
+		return leaf.DNSNames[0]
+	}
+	return leaf.Subject.CommonName
+}
+
+// startCall routes a new stream, on the client connection's reader.
+func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, from net.Addr, tlsID string) {
+	call := &relayCall{r: r, client: s, from: from, tlsID: tlsID, start: time.Now()}
+	s.Accept(clientSide{call})
+	s.Value = call
+	if obs := r.p.cfg.Observer; obs != nil {
+		obs.CallStarted()
+	}
+	if f.Truncated {
+		call.fail(codes.ResourceExhausted, fmt.Sprintf("healthgate: request headers larger than %d bytes", r.p.cfg.Limits.MaxHeaderListBytes), nil, FromClient)
+		return
+	}
+	call.method = f.PseudoValue("path")
+	ct := ""
+	for _, hf := range f.RegularFields() {
+		if hf.Name == "content-type" {
+			ct = hf.Value
+			break
+		}
+	}
+	if f.PseudoValue("method") != "POST" || !strings.HasPrefix(ct, "application/grpc") {
+		// Not gRPC: HTTP's own answer, as grpc-go's server gives it.
+		call.answerHTTP(415)
+		return
+	}
+	if !strings.HasPrefix(call.method, "/") || strings.Count(call.method, "/") < 2 {
+		call.fail(codes.Unimplemented, fmt.Sprintf("malformed method name: %q", call.method), nil, FromClient)
+		return
+	}
+	timeout, hasTimeout, err := grpcTimeout(f)
+	if err != nil {
+		call.fail(codes.Internal, err.Error(), nil, FromClient)
+		return
+	}
+	if !hasTimeout && r.p.cfg.DefaultTimeout > 0 {
+		timeout, hasTimeout = r.p.cfg.DefaultTimeout, true
+	}
+	call.reqFields = r.outgoing(f, call, timeout, hasTimeout)
+	call.reqEnded = f.StreamEnded()
+	if hasTimeout {
+		call.deadline = call.start.Add(timeout)
+		call.mu.Lock()
+		call.timer = time.AfterFunc(timeout, call.expired)
+		call.mu.Unlock()
+	}
+	call.mu.Lock()
+	call.open()
+	call.mu.Unlock()
+}
+
+// outgoing is the header list the backend gets: the forwarding policy
+// (README "Forwarding policy") applied to the client's.
+func (r *Relay) outgoing(f *http2.MetaHeadersFrame, call *relayCall, timeout time.Duration, hasTimeout bool) []hpack.HeaderField {
+	regular := f.RegularFields()
+	md := make(metadata.MD, len(regular)+1)
+	var keep []hpack.HeaderField
+	for _, hf := range regular {
+		switch hf.Name {
+		case "content-type", "grpc-encoding", "grpc-accept-encoding":
+			// The relay moves the client's bytes as they are, compressed
+			// or not: these describe them end to end.
+			keep = append(keep, hf)
+			continue
+		case "grpc-timeout":
+			continue
+		}
+		md[hf.Name] = append(md[hf.Name], hf.Value)
+	}
+	if a := f.PseudoValue("authority"); a != "" {
+		md[":authority"] = []string{a}
+	}
+	md = outgoingMD(md, call.from, r.p.trusted)
+	out := make([]hpack.HeaderField, 0, 8+len(md)+len(keep))
+	out = append(out,
+		hpack.HeaderField{Name: ":method", Value: "POST"},
+		hpack.HeaderField{Name: ":scheme", Value: "http"},
+		hpack.HeaderField{Name: ":path", Value: call.method},
+		hpack.HeaderField{Name: ":authority", Value: ""}, // the backend's, set at open
+	)
+	out = append(out, keep...)
+	out = append(out, hpack.HeaderField{Name: "te", Value: "trailers"})
+	if r.ua != "" {
+		out = append(out, hpack.HeaderField{Name: "user-agent", Value: r.ua})
+	}
+	if hasTimeout {
+		out = append(out, hpack.HeaderField{Name: "grpc-timeout", Value: encodeTimeout(timeout)})
+	}
+	for k, vs := range md {
+		for _, v := range vs {
+			out = append(out, hpack.HeaderField{Name: k, Value: v, Sensitive: k == "authorization"})
+		}
+	}
+	return out
+}
+
+// open picks an upstream and opens the backend stream; mu held.
+func (c *relayCall) open() {
+	r := c.r
+	for {
+		var up Upstream
+		var err error
+		if svc, ok := serviceOf(c.method); ok && r.local[svc] != nil {
+			up = r.local[svc]
+		} else {
+			up, err = r.p.picker.Pick(callCtx, c.method, c.tried)
+		}
+		if err != nil {
+			st := pickStatus(err)
+			c.failLocked(st.Code(), st.Message(), nil, Local)
+			return
+		}
+		c.attempts++
+		ru, ok := up.(RelayUpstream)
+		var conn *h2.Conn
+		if ok {
+			conn = ru.RelayConn()
+		}
+		if conn != nil {
+			fields := c.reqFields
+			if c.attempts > 1 {
+				// The first attempt's list may still be the writer's.
+				fields = slices.Clone(fields)
+			}
+			fields[3].Value = up.Addr()
+			bs, err := conn.OpenStream(fields, c.reqEnded, backendSide{c})
+			if err == nil {
+				c.backend, c.up = bs, up
+				return
+			}
+		}
+		// Not accepted: the stream never reached the backend.
+		up.Done(Outcome{Code: codes.Unavailable, Origin: Local})
+		c.tried = append(c.tried, up)
+		if c.attempts >= r.p.cfg.MaxAttempts {
+			c.failLocked(codes.Unavailable, fmt.Sprintf("healthgate: no connection to backend %s", up.Addr()), nil, Local)
+			return
+		}
+	}
+}
+
+func serviceOf(method string) (string, bool) {
+	if len(method) < 2 || method[0] != '/' {
+		return "", false
+	}
+	i := strings.IndexByte(method[1:], '/')
+	if i < 0 {
+		return "", false
+	}
+	return method[1 : 1+i], true
+}
+
+// clientSide handles the client's stream.
+type clientSide struct{ c *relayCall }
+
+func (h clientSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
+	// Request trailers are not part of gRPC: end the request.
+	c := h.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f.StreamEnded() {
+		c.reqEnded = true
+		if c.backend != nil {
+			c.backend.WriteData(nil, true, nil)
+		}
+	}
+}
+
+func (h clientSide) Data(s *h2.Stream, p []byte, end bool) {
+	c := h.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		s.Consumed(len(p))
+		return
+	}
+	if l := c.reqMsg.feed(p, c.r.p.cfg.MaxRequestBytes); l > 0 {
+		c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", l, c.r.p.cfg.MaxRequestBytes), nil, FromClient)
+		s.Consumed(len(p))
+		return
+	}
+	c.reqBytes += int64(len(p))
+	if c.backend == nil {
+		s.Consumed(len(p))
+		return
+	}
+	if end {
+		c.reqEnded = true
+	}
+	c.sentReq = c.sentReq || len(p) > 0
+	buf, release := c.r.copyOf(p)
+	c.reqPending += len(p)
+	c.backend.WriteData(buf, end, release)
+}
+
+func (h clientSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
+	c := h.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		return
+	}
+	if c.backend != nil {
+		c.backend.Reset(http2.ErrCodeCancel)
+	}
+	st := codes.Canceled
+	msg := "healthgate: the client cancelled the call"
+	if !c.deadline.IsZero() && !time.Now().Before(c.deadline.Add(-time.Millisecond)) {
+		st, msg = codes.DeadlineExceeded, "healthgate: the client's deadline passed"
+	}
+	if err != nil {
+		msg = "healthgate: the client's connection closed: " + err.Error()
+	}
+	c.finishLocked(st, msg, FromClient)
+}
+
+func (h clientSide) Sent(s *h2.Stream, n int) {
+	c := h.c
+	c.mu.Lock()
+	b := c.backend
+	c.mu.Unlock()
+	if b != nil {
+		b.Consumed(n)
+	}
+}
+
+// backendSide handles the backend's stream.
+type backendSide struct{ c *relayCall }
+
+func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
+	c := h.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done || s != c.backend {
+		return
+	}
+	fields := responseFields(f)
+	end := f.StreamEnded()
+	c.client.WriteHeaders(fields, end)
+	if !end {
+		c.answered = true
+		return
+	}
+	code := codes.Unknown
+	if v := fieldValue(f, "grpc-status"); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			code = codes.Code(n)
+		}
+	} else if !c.answered {
+		code = httpCode(f.PseudoValue("status"))
+	}
+	c.answered = true
+	c.finishLocked(code, "", FromBackend)
+}
+
+// responseFields are the backend's response headers or trailers as the
+// client gets them: all of them, hop-by-hop names aside.
+func responseFields(f *http2.MetaHeadersFrame) []hpack.HeaderField {
+	out := make([]hpack.HeaderField, 0, len(f.Fields))
+	for _, hf := range f.Fields {
+		switch hf.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			continue
+		}
+		out = append(out, hf)
+	}
+	return out
+}
+
+func fieldValue(f *http2.MetaHeadersFrame, name string) string {
+	for _, hf := range f.Fields {
+		if hf.Name == name {
+			return hf.Value
+		}
+	}
+	return ""
+}
+
+// httpCode maps an HTTP status without grpc-status to a gRPC code, as the
+// gRPC spec's http-grpc-status-mapping says.
+func httpCode(s string) codes.Code {
+	switch s {
+	case "400":
+		return codes.Internal
+	case "401":
+		return codes.Unauthenticated
+	case "403":
+		return codes.PermissionDenied
+	case "404":
+		return codes.Unimplemented
+	case "429", "502", "503", "504":
+		return codes.Unavailable
+	}
+	return codes.Unknown
+}
+
+func (h backendSide) Data(s *h2.Stream, p []byte, end bool) {
+	c := h.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done || s != c.backend {
+		s.Consumed(len(p))
+		return
+	}
+	if l := c.respMsg.feed(p, c.r.p.cfg.MaxResponseBytes); l > 0 {
+		s.Consumed(len(p))
+		s.Reset(http2.ErrCodeCancel)
+		c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", l, c.r.p.cfg.MaxResponseBytes), nil, Local)
+		return
+	}
+	c.respBytes += int64(len(p))
+	buf, release := c.r.copyOf(p)
+	c.client.WriteData(buf, false, release)
+	if end {
+		// A response without trailers: the backend broke the protocol.
+		c.failLocked(codes.Internal, "healthgate: the backend ended the stream without a status", nil, FromBackend)
+	}
+}
+
+func (h backendSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
+	c := h.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done || s != c.backend {
+		return
+	}
+	if !c.answered && !c.sentReq && code == http2.ErrCodeRefusedStream {
+		// The backend never processed the stream, and nothing of the
+		// request is lost: another backend can take it.
+		c.up.Done(Outcome{Code: codes.Unavailable, Origin: Local})
+		c.tried = append(c.tried, c.up)
+		c.backend, c.up = nil, nil
+		if c.attempts < c.r.p.cfg.MaxAttempts {
+			c.open()
+			return
+		}
+	}
+	if !c.answered && code == http2.ErrCodeRefusedStream {
+		// Refused before any answer: the client's gRPC library sends it
+		// again transparently.
+		c.client.Reset(http2.ErrCodeRefusedStream)
+		c.finishLocked(codes.Unavailable, "healthgate: the backend refused the stream", Local)
+		return
+	}
+	msg := fmt.Sprintf("healthgate: backend %s reset the stream: %s", c.upAddr(), code)
+	if err != nil {
+		msg = fmt.Sprintf("healthgate: backend %s: %v", c.upAddr(), err)
+	}
+	c.failLocked(codes.Unavailable, msg, nil, Local)
+}
+
+func (h backendSide) Sent(s *h2.Stream, n int) {
+	c := h.c
+	c.mu.Lock()
+	if c.done || s != c.backend {
+		// finishLocked gave the credit back already.
+		c.mu.Unlock()
+		return
+	}
+	c.reqPending -= n
+	c.mu.Unlock()
+	c.client.Consumed(n)
+}
+
+func (c *relayCall) upAddr() string {
+	if c.up == nil {
+		return ""
+	}
+	return c.up.Addr()
+}
+
+// expired is the deadline's timer.
+func (c *relayCall) expired() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		return
+	}
+	origin := FromClient
+	if !c.answered {
+		// No response header before the deadline: the backend's.
+		origin = Local
+	}
+	c.failLocked(codes.DeadlineExceeded, "healthgate: deadline exceeded", nil, origin)
+}
+
+func (c *relayCall) fail(code codes.Code, msg string, details []hpack.HeaderField, origin Origin) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failLocked(code, msg, details, origin)
+}
+
+// failLocked ends the call with a status the gateway makes: trailers (or
+// a trailers-only answer), and the backend stream reset.
+func (c *relayCall) failLocked(code codes.Code, msg string, _ []hpack.HeaderField, origin Origin) {
+	if c.done {
+		return
+	}
+	if c.backend != nil {
+		c.backend.Reset(http2.ErrCodeCancel)
+	}
+	fields := make([]hpack.HeaderField, 0, 4)
+	if !c.answered {
+		fields = append(fields, hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+	}
+	fields = append(fields, hpack.HeaderField{Name: "grpc-status", Value: strconv.Itoa(int(code))})
+	if msg != "" {
+		fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: encodeGrpcMessage(msg)})
+	}
+	c.client.WriteHeaders(fields, true)
+	c.answered = true
+	c.finishLocked(code, msg, origin)
+}
+
+func (c *relayCall) answerHTTP(status int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.client.WriteHeaders([]hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(status)}}, true)
+	c.finishLocked(codes.Internal, "", FromClient)
+}
+
+// finishLocked records the end of the call: the upstream's outcome and
+// the observer's line.
+func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
+	if c.done {
+		return
+	}
+	c.done = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	if c.reqPending > 0 {
+		c.client.Consumed(c.reqPending)
+		c.reqPending = 0
+	}
+	if c.up != nil {
+		c.up.Done(Outcome{Code: code, Origin: origin})
+	}
+	if obs := c.r.p.cfg.Observer; obs != nil {
+		info := CallInfo{
+			FullMethod: c.method, Routed: true, Code: code, Duration: time.Since(c.start),
+			RequestBytes: c.reqBytes, ResponseBytes: c.respBytes, Attempts: c.attempts,
+			ClientIdentity: c.tlsID,
+		}
+		if c.up != nil {
+			info.Upstream = c.up.Addr()
+		}
+		obs.CallFinished(info)
+	}
+}
+
+// copyOf copies a DATA payload into a pooled buffer, which the writer
+// gives back once it is written.
+func (r *Relay) copyOf(p []byte) ([]byte, func()) {
+	if len(p) == 0 {
+		return nil, nil
+	}
+	if len(p) > 16<<10 {
+		b := make([]byte, len(p))
+		copy(b, p)
+		return b, nil
+	}
+	bp := r.bufs.Get().(*[]byte)
+	b := (*bp)[:len(p)]
+	copy(b, p)
+	return b, func() { r.bufs.Put(bp) }
+}
+
+// grpcTimeout reads the grpc-timeout header.
+func grpcTimeout(f *http2.MetaHeadersFrame) (time.Duration, bool, error) {
+	v := fieldValue(f, "grpc-timeout")
+	if v == "" {
+		return 0, false, nil
+	}
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false, fmt.Errorf("malformed grpc-timeout %q", v)
+	}
+	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false, fmt.Errorf("malformed grpc-timeout %q", v)
+	}
+	var unit time.Duration
+	switch v[len(v)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false, fmt.Errorf("malformed grpc-timeout %q", v)
+	}
+	const maxHours = int64(time.Duration(1<<63-1) / time.Hour)
+	if unit == time.Hour && n > maxHours {
+		return time.Duration(1<<63 - 1), true, nil
+	}
+	return time.Duration(n) * unit, true, nil
+}
+
+// encodeTimeout is d as grpc-timeout: at most 8 digits, in the finest unit
+// that fits.
+func encodeTimeout(d time.Duration) string {
+	if d <= 0 {
+		return "0n"
+	}
+	for _, u := range []struct {
+		d time.Duration
+		s string
+	}{{time.Nanosecond, "n"}, {time.Microsecond, "u"}, {time.Millisecond, "m"}, {time.Second, "S"}, {time.Minute, "M"}, {time.Hour, "H"}} {
+		n := (d + u.d - 1) / u.d
+		if n < 1e8 {
+			return strconv.FormatInt(int64(n), 10) + u.s
+		}
+	}
+	return "99999999H"
+}
+
+// encodeGrpcMessage percent-encodes what the gRPC spec says grpc-message
+// must not carry as is.
+func encodeGrpcMessage(msg string) string {
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c >= ' ' && c <= '~' && c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "%%%02X", c)
+	}
+	return b.String()
+}
