@@ -77,6 +77,8 @@ type relayCall struct {
 	// written: the client's credit for them comes back when they are, or
 	// all at once when the call ends first.
 	reqPending int
+	// unrouted: no route covers the method.
+	unrouted bool
 }
 
 // msgLimit reads gRPC message prefixes (1 byte flag, 4 bytes length)
@@ -88,12 +90,14 @@ type msgLimit struct {
 	remain uint32 // bytes of the current message body still to come
 }
 
-// feed reads p and returns the length of a message over max, or 0.
-func (m *msgLimit) feed(p []byte, max int) uint32 {
+// feed reads p and returns the length of a message over max, or 0, and
+// how many of p's bytes are message payload (prefixes aside).
+func (m *msgLimit) feed(p []byte, max int) (over uint32, payload int) {
 	for len(p) > 0 {
 		if m.remain > 0 {
 			n := min(uint32(len(p)), m.remain)
 			m.remain -= n
+			payload += int(n)
 			p = p[n:]
 			continue
 		}
@@ -101,16 +105,16 @@ func (m *msgLimit) feed(p []byte, max int) uint32 {
 		m.have += n
 		p = p[n:]
 		if m.have < 5 {
-			return 0
+			return 0, payload
 		}
 		m.have = 0
 		l := binary.BigEndian.Uint32(m.hdr[1:])
 		if int64(l) > int64(max) {
-			return l
+			return l, payload
 		}
 		m.remain = l
 	}
-	return 0
+	return 0, payload
 }
 
 // Relay serves clients with the relay engine.
@@ -118,6 +122,7 @@ type Relay struct {
 	p     *Proxy
 	local map[string]RelayUpstream
 	ua    string
+	tls   *tls.Config
 	bufs  sync.Pool
 
 	mu       sync.Mutex
@@ -140,6 +145,13 @@ type RelayConfig struct {
 // NewRelay returns the relay engine for p.
 func (p *Proxy) NewRelay(cfg RelayConfig) *Relay {
 	r := &Relay{p: p, local: cfg.Local, ua: cfg.UserAgent, conns: map[*h2.Conn]struct{}{}}
+	if p.cfg.ListenTLS != nil {
+		// gRPC clients insist on ALPN h2.
+		r.tls = p.cfg.ListenTLS.Clone()
+		if !slices.Contains(r.tls.NextProtos, "h2") {
+			r.tls.NextProtos = append(r.tls.NextProtos, "h2")
+		}
+	}
 	r.bufs.New = func() any { b := make([]byte, 16<<10); return &b }
 	return r
 }
@@ -177,7 +189,7 @@ func (r *Relay) serveConn(nc net.Conn) {
 	l := r.p.cfg.Limits
 	handshake := time.Now().Add(l.HandshakeTimeout)
 	var tlsID string
-	if tc := r.p.cfg.ListenTLS; tc != nil {
+	if tc := r.tls; tc != nil {
 		t := tls.Server(nc, tc)
 		_ = nc.SetDeadline(handshake)
 		if err := t.Handshake(); err != nil {
@@ -367,9 +379,14 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, from net.Addr
 			break
 		}
 	}
-	if f.PseudoValue("method") != "POST" || !strings.HasPrefix(ct, "application/grpc") {
-		// Not gRPC: HTTP's own answer, as grpc-go's server gives it.
-		call.answerHTTP(415)
+	// Requests that are not gRPC get the answers grpc-go's server gives
+	// them: an HTTP status with a gRPC status beside it.
+	if !strings.HasPrefix(ct, "application/grpc") {
+		call.earlyAbort(415, codes.InvalidArgument, fmt.Sprintf("invalid gRPC request content-type %q", ct))
+		return
+	}
+	if m := f.PseudoValue("method"); m != "POST" {
+		call.earlyAbort(405, codes.Internal, fmt.Sprintf("invalid gRPC request method %q", m))
 		return
 	}
 	if !strings.HasPrefix(call.method, "/") || strings.Count(call.method, "/") < 2 {
@@ -378,7 +395,7 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, from net.Addr
 	}
 	timeout, hasTimeout, err := grpcTimeout(f)
 	if err != nil {
-		call.fail(codes.Internal, err.Error(), nil, FromClient)
+		call.earlyAbort(400, codes.Internal, err.Error())
 		return
 	}
 	if !hasTimeout && r.p.cfg.DefaultTimeout > 0 {
@@ -455,6 +472,7 @@ func (c *relayCall) open() {
 		}
 		if err != nil {
 			st := pickStatus(err)
+			c.unrouted = st.Code() == codes.Unimplemented
 			c.failLocked(st.Code(), st.Message(), nil, Local)
 			return
 		}
@@ -522,12 +540,13 @@ func (h clientSide) Data(s *h2.Stream, p []byte, end bool) {
 		s.Consumed(len(p))
 		return
 	}
-	if l := c.reqMsg.feed(p, c.r.p.cfg.MaxRequestBytes); l > 0 {
+	l, payload := c.reqMsg.feed(p, c.r.p.cfg.MaxRequestBytes)
+	if l > 0 {
 		c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", l, c.r.p.cfg.MaxRequestBytes), nil, FromClient)
 		s.Consumed(len(p))
 		return
 	}
-	c.reqBytes += int64(len(p))
+	c.reqBytes += int64(payload)
 	if c.backend == nil {
 		s.Consumed(len(p))
 		return
@@ -650,13 +669,14 @@ func (h backendSide) Data(s *h2.Stream, p []byte, end bool) {
 		s.Consumed(len(p))
 		return
 	}
-	if l := c.respMsg.feed(p, c.r.p.cfg.MaxResponseBytes); l > 0 {
+	l, payload := c.respMsg.feed(p, c.r.p.cfg.MaxResponseBytes)
+	if l > 0 {
 		s.Consumed(len(p))
 		s.Reset(http2.ErrCodeCancel)
 		c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", l, c.r.p.cfg.MaxResponseBytes), nil, Local)
 		return
 	}
-	c.respBytes += int64(len(p))
+	c.respBytes += int64(payload)
 	buf, release := c.r.copyOf(p)
 	c.client.WriteData(buf, false, release)
 	if end {
@@ -760,11 +780,19 @@ func (c *relayCall) failLocked(code codes.Code, msg string, _ []hpack.HeaderFiel
 	c.finishLocked(code, msg, origin)
 }
 
-func (c *relayCall) answerHTTP(status int) {
+// earlyAbort answers a request the gateway will not take with an HTTP
+// status and a gRPC status, before any backend is chosen.
+func (c *relayCall) earlyAbort(httpStatus int, code codes.Code, msg string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.client.WriteHeaders([]hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(status)}}, true)
-	c.finishLocked(codes.Internal, "", FromClient)
+	c.client.WriteHeaders([]hpack.HeaderField{
+		{Name: ":status", Value: strconv.Itoa(httpStatus)},
+		{Name: "content-type", Value: "application/grpc"},
+		{Name: "grpc-status", Value: strconv.Itoa(int(code))},
+		{Name: "grpc-message", Value: encodeGrpcMessage(msg)},
+	}, true)
+	c.answered = true
+	c.finishLocked(code, msg, FromClient)
 }
 
 // finishLocked records the end of the call: the upstream's outcome and
@@ -786,7 +814,7 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 	}
 	if obs := c.r.p.cfg.Observer; obs != nil {
 		info := CallInfo{
-			FullMethod: c.method, Routed: true, Code: code, Duration: time.Since(c.start),
+			FullMethod: c.method, Routed: !c.unrouted, Code: code, Duration: time.Since(c.start),
 			RequestBytes: c.reqBytes, ResponseBytes: c.respBytes, Attempts: c.attempts,
 			ClientIdentity: c.tlsID,
 		}

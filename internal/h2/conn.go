@@ -353,7 +353,7 @@ func (c *Conn) readLoop() error {
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
-				c.resetStream(se.StreamID, se.Code, false)
+				c.resetStream(se.StreamID, se.Code, true)
 				continue
 			}
 			var ce http2.ConnectionError
@@ -669,6 +669,7 @@ func (c *Conn) peerReset(id uint32, code http2.ErrCode) {
 }
 
 func (c *Conn) goAway(last uint32, code http2.ErrCode) {
+	c.log.Debug("h2 GOAWAY from the peer", "remote", c.nc.RemoteAddr(), "last_stream", last, "code", code)
 	c.mu.Lock()
 	c.goAwayRecv = true
 	c.peerLastStream = last

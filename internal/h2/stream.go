@@ -41,6 +41,10 @@ type Stream struct {
 	remoteDone bool // END_STREAM received
 	answered   bool // a Server stream's response HEADERS queued
 	closed     bool
+	// opened: the HEADERS that open the stream were taken to be written;
+	// before that the peer has never heard of it, and a RST_STREAM for it
+	// would be a protocol error on the whole connection.
+	opened bool
 }
 
 type outKind uint8
@@ -140,9 +144,9 @@ func (s *Stream) Reset(code http2.ErrCode) {
 		c.mu.Unlock()
 		return
 	}
-	id := s.id
+	id, opened := s.id, s.opened || c.role == Server
 	c.closeStreamLocked(s)
-	if id == 0 {
+	if !opened {
 		// Never sent: nothing to tell the peer; drop it from pending.
 		for i, p := range c.pending {
 			if p == s {

@@ -153,6 +153,9 @@ func (c *Conn) collect(picks []pick, ctrls []ctrlFrame) ([]pick, []ctrlFrame, ui
 				budget -= int(n)
 			}
 			item := *it
+			if item.kind == outHeaders {
+				s.opened = true
+			}
 			s.out[0] = outItem{}
 			s.out = s.out[1:]
 			p := pick{s: s, id: s.id, item: item}
