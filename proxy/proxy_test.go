@@ -22,6 +22,13 @@ import (
 	"github.com/healthgate/healthgate/proxy"
 )
 
+// The tests of this package are the grpc engine's unit tests: they build it
+// with proxy.New in front of a fake picker. An engine that relays frames
+// needs backend connections owned by healthcheck, so the forwarding
+// contract runs against every engine (HEALTHGATE_ENGINES) through a whole
+// gateway instead, with the same assertions: B01-B09, B12 and B17 in
+// gateway/forwarding_test.go (TestBnn_...ThroughGateway), B13 in
+// gateway/b13_b14_test.go and gateway/b13_refused_test.go.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // upstream sends every call to one real backend connection and reports how
