@@ -19,34 +19,36 @@ import (
 // UNAVAILABLE naming the reason, never UNIMPLEMENTED; once Consul answers,
 // the unknown service is UNIMPLEMENTED.
 func TestB15_UnavailableBeforeSync(t *testing.T) {
-	c := testutil.StartConsul(t)
-	c.Stop()
-	cfg := consulCfg(c.Addr)
-	cfg.Routes = []config.Route{{Service: testutil.TestService, ConsulService: "svc"}}
-	rec, logger := testutil.NewLogRecorder(t)
-	h := startGatewayLog(t, cfg, logger)
-	testutil.WaitFor(t, 10*time.Second, "a failed Consul query", func() bool {
-		return rec.Count(slog.LevelWarn, "consul query failed") > 0
-	})
-	cc := testutil.Dial(t, h.addr)
-	for _, svc := range []string{testutil.TestService, "unknown.Svc"} {
-		_, err := testutil.Unary(t.Context(), cc, "/"+svc+"/Echo", nil)
-		if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "discovery has not synced") {
-			t.Fatalf("%s before sync: %v, want UNAVAILABLE naming the reason", svc, err)
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		c := testutil.StartConsul(t)
+		c.Stop()
+		cfg := consulCfg(c.Addr)
+		cfg.Routes = []config.Route{{Service: testutil.TestService, ConsulService: "svc"}}
+		rec, logger := testutil.NewLogRecorder(t)
+		h := e.startLog(t, cfg, logger)
+		testutil.WaitFor(t, 10*time.Second, "a failed Consul query", func() bool {
+			return rec.Count(slog.LevelWarn, "consul query failed") > 0
+		})
+		cc := testutil.Dial(t, h.addr)
+		for _, svc := range []string{testutil.TestService, "unknown.Svc"} {
+			_, err := testutil.Unary(t.Context(), cc, "/"+svc+"/Echo", nil)
+			if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "discovery has not synced") {
+				t.Fatalf("%s before sync: %v, want UNAVAILABLE naming the reason", svc, err)
+			}
 		}
-	}
-	c.Start()
-	select {
-	case <-h.g.Synced():
-	case <-time.After(20 * time.Second):
-		t.Fatal("the gateway did not sync once Consul was up")
-	}
-	if _, err := testutil.Unary(t.Context(), cc, "/unknown.Svc/Echo", nil); status.Code(err) != codes.Unimplemented {
-		t.Fatalf("unknown service after sync: %v, want UNIMPLEMENTED", err)
-	}
-	if _, err := testutil.Unary(t.Context(), cc, "/"+testutil.TestService+"/Echo", nil); status.Code(err) != codes.Unavailable {
-		t.Fatalf("configured route with no instance after sync: %v, want UNAVAILABLE", err)
-	}
+		c.Start()
+		select {
+		case <-h.g.Synced():
+		case <-time.After(20 * time.Second):
+			t.Fatal("the gateway did not sync once Consul was up")
+		}
+		if _, err := testutil.Unary(t.Context(), cc, "/unknown.Svc/Echo", nil); status.Code(err) != codes.Unimplemented {
+			t.Fatalf("unknown service after sync: %v, want UNIMPLEMENTED", err)
+		}
+		if _, err := testutil.Unary(t.Context(), cc, "/"+testutil.TestService+"/Echo", nil); status.Code(err) != codes.Unavailable {
+			t.Fatalf("configured route with no instance after sync: %v, want UNAVAILABLE", err)
+		}
+	})
 }
 
 // TestB33_ConsulRestartedEmptyKeepsKnownBackends: a Consul agent that comes

@@ -26,20 +26,22 @@ import (
 // method name that is not UTF-8 on a routed service reached the metrics
 // labels, which panic on it, and the panic took the whole gateway down.
 func TestB16_NonUTF8MethodWithStockClient(t *testing.T) {
-	b := testutil.StartBackend(t)
-	h := startGateway(t, config.Config{Routes: []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}}})
-	h.routable(t, testutil.TestService, 1)
-	cc := testutil.Dial(t, h.addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		b := testutil.StartBackend(t)
+		h := e.start(t, config.Config{Routes: []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}}})
+		h.routable(t, testutil.TestService, 1)
+		cc := testutil.Dial(t, h.addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 
-	_, err := testutil.Unary(ctx, cc, "/test.Svc/\xff", []byte("x"))
-	if _, ok := status.FromError(err); !ok || err == nil {
-		t.Fatalf("non-UTF-8 method: got %v, want a gRPC status", err)
-	}
-	if got, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("still here")); err != nil || string(got) != "still here" {
-		t.Fatalf("a normal call after it: got %q, %v", got, err)
-	}
+		_, err := testutil.Unary(ctx, cc, "/test.Svc/\xff", []byte("x"))
+		if _, ok := status.FromError(err); !ok || err == nil {
+			t.Fatalf("non-UTF-8 method: got %v, want a gRPC status", err)
+		}
+		if got, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("still here")); err != nil || string(got) != "still here" {
+			t.Fatalf("a normal call after it: got %q, %v", got, err)
+		}
+	})
 }
 
 // h2conn is a client that speaks HTTP/2 frame by frame, so that a test can
@@ -223,137 +225,139 @@ func (c *h2conn) read(watch ...uint32) *h2Result {
 }
 
 func TestB16_RawHTTP2MalformedRequests(t *testing.T) {
-	b := testutil.StartBackend(t)
-	h := startGateway(t, config.Config{Routes: []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}}})
-	h.routable(t, testutil.TestService, 1)
-	cc := testutil.Dial(t, h.addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("warm up")); err != nil {
-		t.Fatal(err)
-	}
-	baseline := runtime.NumGoroutine()
-
-	// long is a name far over the metrics' 128-byte label bound that still
-	// fits the default 16 KiB header list; huge is over that list limit,
-	// which the gateway advertises and enforces (B64).
-	long := strings.Repeat("m", 12<<10)
-	huge := strings.Repeat("m", 64<<10)
-	// send writes a case's frames and returns the streams whose answer the
-	// case waits for; a stream the gateway may rightly ignore is not one.
-	type sendFunc func(c *h2conn) []uint32
-	// call is a request on a new stream: headers, then each message in its
-	// own DATA frame, the last one ending the stream.
-	call := func(fields []hpack.HeaderField, msgs ...[]byte) sendFunc {
-		return func(c *h2conn) []uint32 {
-			id := c.stream()
-			c.headers(id, fields, len(msgs) == 0)
-			for i, m := range msgs {
-				c.data(id, i == len(msgs)-1, m)
-			}
-			return []uint32{id}
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		b := testutil.StartBackend(t)
+		h := e.start(t, config.Config{Routes: []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}}})
+		h.routable(t, testutil.TestService, 1)
+		cc := testutil.Dial(t, h.addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("warm up")); err != nil {
+			t.Fatal(err)
 		}
-	}
-	timeout := func(v string) sendFunc {
-		return call(request("/test.Svc/Echo", hpack.HeaderField{Name: "grpc-timeout", Value: v}), validMessage("x"))
-	}
-	tests := []struct {
-		name string
-		send sendFunc
-		// wantStatus: the request is well-formed HTTP/2, so the gateway
-		// must answer it with a gRPC status rather than reset it or drop
-		// the connection.
-		wantStatus bool
-	}{
-		{"method not UTF-8 on a routed service", call(request("/test.Svc/\xff\xfe"), validMessage("x")), true},
-		{"service not UTF-8", call(request("/te\xffst.Svc/Echo"), validMessage("x")), true},
-		{"path without leading slash", call(request("test.Svc/Echo"), validMessage("x")), true},
-		{"path without method", call(request("/test.Svc"), validMessage("x")), true},
-		{"path with empty method", call(request("/test.Svc/"), validMessage("x")), true},
-		{"empty path", call(request(""), validMessage("x")), true},
-		{"12 KiB method on a routed service", call(request("/test.Svc/"+long), validMessage("x")), true},
-		{"12 KiB path without slashes", call(request(long), validMessage("x")), true},
-		// Over the advertised MAX_HEADER_LIST_SIZE: an HTTP/2 error, stream
-		// or connection, is the answer.
-		{"64 KiB method, over the header list limit", call(request("/test.Svc/"+huge), validMessage("x")), false},
-		{"grpc-timeout abc", timeout("abc"), true},
-		{"grpc-timeout 99999999999H", timeout("99999999999H"), true},
-		{"grpc-timeout -1S", timeout("-1S"), true},
-		{"grpc-timeout 1n", timeout("1n"), true},
-		{"grpc-timeout empty", timeout(""), true},
-		{"content-type not grpc", call(append(request("/test.Svc/Echo")[:4], hpack.HeaderField{Name: "content-type", Value: "text/html"}), validMessage("x")), true},
-		// No END_STREAM: the gateway must answer from the prefix alone,
-		// not wait for the 5 MiB.
-		{"length prefix over the max message size", call(request("/test.Svc/Echo"), message(false, 5<<20, []byte("abc"))), true},
-		{"length prefix longer than the data, then END_STREAM", call(request("/test.Svc/Echo"), message(false, 100, []byte("only ten b"))), true},
-		{"half a length prefix, then END_STREAM", call(request("/test.Svc/Echo"), []byte{0, 0}), true},
-		{"compressed flag without grpc-encoding", call(request("/test.Svc/Echo"), message(true, 3, []byte("abc"))), true},
-		{"unknown grpc-encoding", call(request("/test.Svc/Echo", hpack.HeaderField{Name: "grpc-encoding", Value: "nope"}), message(true, 3, []byte("abc"))), true},
-		{"DATA before HEADERS", func(c *h2conn) []uint32 {
-			c.data(c.stream(), true, validMessage("x"))
-			return nil
-		}, false},
-		{"HEADERS on an even stream id", func(c *h2conn) []uint32 {
-			c.headers(2, request("/test.Svc/Echo"), false)
-			c.data(2, true, validMessage("x"))
-			return []uint32{2}
-		}, false},
-		{"RST_STREAM right after HEADERS", func(c *h2conn) []uint32 {
-			id := c.stream()
-			c.headers(id, request("/test.Svc/Block"), false)
-			c.check(c.fr.WriteRSTStream(id, http2.ErrCodeCancel))
-			return nil
-		}, false},
-		{"WINDOW_UPDATE of 0 on the connection", func(c *h2conn) []uint32 {
-			c.check(c.fr.WriteWindowUpdate(0, 0))
-			return nil
-		}, false},
-		{"WINDOW_UPDATE of 0 on a stream", func(c *h2conn) []uint32 {
-			id := c.stream()
-			c.headers(id, request("/test.Svc/Echo"), false)
-			c.check(c.fr.WriteWindowUpdate(id, 0))
-			return []uint32{id}
-		}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := dialH2(t, h.addr)
-			watch := tt.send(c)
-			// A valid call on the same connection: it must be served
-			// unless the gateway ended the connection.
-			probe := c.stream()
-			c.headers(probe, request("/test.Svc/Echo"), false)
-			c.data(probe, true, validMessage("probe"))
-			r := c.read(append(watch, probe)...)
-			t.Logf("answer: %v", r)
-			if r.connError() {
-				if tt.wantStatus {
-					t.Fatalf("the gateway ended the connection over a well-formed HTTP/2 request: %v", r)
-				}
-				return
-			}
-			for _, id := range watch {
-				_, gotStatus := r.status[id]
-				_, gotRST := r.rst[id]
-				if tt.wantStatus && !gotStatus {
-					t.Fatalf("stream %d ended without a grpc-status: %v", id, r)
-				}
-				if !gotStatus && !gotRST {
-					t.Fatalf("stream %d ended with neither a grpc-status nor RST_STREAM: %v", id, r)
-				}
-			}
-			if got := r.status[probe]; got != "0" {
-				t.Fatalf("the valid call after it on the same connection: grpc-status %q, want 0; %v", got, r)
-			}
-		})
-	}
+		baseline := runtime.NumGoroutine()
 
-	if got, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("still here")); err != nil || string(got) != "still here" {
-		t.Fatalf("a normal call after the malformed ones: got %q, %v", got, err)
-	}
-	// Every raw connection is closed by its subtest's cleanup; what the
-	// gateway ran for them must end too.
-	testutil.WaitFor(t, 10*time.Second, fmt.Sprintf("goroutines to return to %d", baseline), func() bool {
-		return runtime.NumGoroutine() <= baseline
+		// long is a name far over the metrics' 128-byte label bound that still
+		// fits the default 16 KiB header list; huge is over that list limit,
+		// which the gateway advertises and enforces (B64).
+		long := strings.Repeat("m", 12<<10)
+		huge := strings.Repeat("m", 64<<10)
+		// send writes a case's frames and returns the streams whose answer the
+		// case waits for; a stream the gateway may rightly ignore is not one.
+		type sendFunc func(c *h2conn) []uint32
+		// call is a request on a new stream: headers, then each message in its
+		// own DATA frame, the last one ending the stream.
+		call := func(fields []hpack.HeaderField, msgs ...[]byte) sendFunc {
+			return func(c *h2conn) []uint32 {
+				id := c.stream()
+				c.headers(id, fields, len(msgs) == 0)
+				for i, m := range msgs {
+					c.data(id, i == len(msgs)-1, m)
+				}
+				return []uint32{id}
+			}
+		}
+		timeout := func(v string) sendFunc {
+			return call(request("/test.Svc/Echo", hpack.HeaderField{Name: "grpc-timeout", Value: v}), validMessage("x"))
+		}
+		tests := []struct {
+			name string
+			send sendFunc
+			// wantStatus: the request is well-formed HTTP/2, so the gateway
+			// must answer it with a gRPC status rather than reset it or drop
+			// the connection.
+			wantStatus bool
+		}{
+			{"method not UTF-8 on a routed service", call(request("/test.Svc/\xff\xfe"), validMessage("x")), true},
+			{"service not UTF-8", call(request("/te\xffst.Svc/Echo"), validMessage("x")), true},
+			{"path without leading slash", call(request("test.Svc/Echo"), validMessage("x")), true},
+			{"path without method", call(request("/test.Svc"), validMessage("x")), true},
+			{"path with empty method", call(request("/test.Svc/"), validMessage("x")), true},
+			{"empty path", call(request(""), validMessage("x")), true},
+			{"12 KiB method on a routed service", call(request("/test.Svc/"+long), validMessage("x")), true},
+			{"12 KiB path without slashes", call(request(long), validMessage("x")), true},
+			// Over the advertised MAX_HEADER_LIST_SIZE: an HTTP/2 error, stream
+			// or connection, is the answer.
+			{"64 KiB method, over the header list limit", call(request("/test.Svc/"+huge), validMessage("x")), false},
+			{"grpc-timeout abc", timeout("abc"), true},
+			{"grpc-timeout 99999999999H", timeout("99999999999H"), true},
+			{"grpc-timeout -1S", timeout("-1S"), true},
+			{"grpc-timeout 1n", timeout("1n"), true},
+			{"grpc-timeout empty", timeout(""), true},
+			{"content-type not grpc", call(append(request("/test.Svc/Echo")[:4], hpack.HeaderField{Name: "content-type", Value: "text/html"}), validMessage("x")), true},
+			// No END_STREAM: the gateway must answer from the prefix alone,
+			// not wait for the 5 MiB.
+			{"length prefix over the max message size", call(request("/test.Svc/Echo"), message(false, 5<<20, []byte("abc"))), true},
+			{"length prefix longer than the data, then END_STREAM", call(request("/test.Svc/Echo"), message(false, 100, []byte("only ten b"))), true},
+			{"half a length prefix, then END_STREAM", call(request("/test.Svc/Echo"), []byte{0, 0}), true},
+			{"compressed flag without grpc-encoding", call(request("/test.Svc/Echo"), message(true, 3, []byte("abc"))), true},
+			{"unknown grpc-encoding", call(request("/test.Svc/Echo", hpack.HeaderField{Name: "grpc-encoding", Value: "nope"}), message(true, 3, []byte("abc"))), true},
+			{"DATA before HEADERS", func(c *h2conn) []uint32 {
+				c.data(c.stream(), true, validMessage("x"))
+				return nil
+			}, false},
+			{"HEADERS on an even stream id", func(c *h2conn) []uint32 {
+				c.headers(2, request("/test.Svc/Echo"), false)
+				c.data(2, true, validMessage("x"))
+				return []uint32{2}
+			}, false},
+			{"RST_STREAM right after HEADERS", func(c *h2conn) []uint32 {
+				id := c.stream()
+				c.headers(id, request("/test.Svc/Block"), false)
+				c.check(c.fr.WriteRSTStream(id, http2.ErrCodeCancel))
+				return nil
+			}, false},
+			{"WINDOW_UPDATE of 0 on the connection", func(c *h2conn) []uint32 {
+				c.check(c.fr.WriteWindowUpdate(0, 0))
+				return nil
+			}, false},
+			{"WINDOW_UPDATE of 0 on a stream", func(c *h2conn) []uint32 {
+				id := c.stream()
+				c.headers(id, request("/test.Svc/Echo"), false)
+				c.check(c.fr.WriteWindowUpdate(id, 0))
+				return []uint32{id}
+			}, false},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				c := dialH2(t, h.addr)
+				watch := tt.send(c)
+				// A valid call on the same connection: it must be served
+				// unless the gateway ended the connection.
+				probe := c.stream()
+				c.headers(probe, request("/test.Svc/Echo"), false)
+				c.data(probe, true, validMessage("probe"))
+				r := c.read(append(watch, probe)...)
+				t.Logf("answer: %v", r)
+				if r.connError() {
+					if tt.wantStatus {
+						t.Fatalf("the gateway ended the connection over a well-formed HTTP/2 request: %v", r)
+					}
+					return
+				}
+				for _, id := range watch {
+					_, gotStatus := r.status[id]
+					_, gotRST := r.rst[id]
+					if tt.wantStatus && !gotStatus {
+						t.Fatalf("stream %d ended without a grpc-status: %v", id, r)
+					}
+					if !gotStatus && !gotRST {
+						t.Fatalf("stream %d ended with neither a grpc-status nor RST_STREAM: %v", id, r)
+					}
+				}
+				if got := r.status[probe]; got != "0" {
+					t.Fatalf("the valid call after it on the same connection: grpc-status %q, want 0; %v", got, r)
+				}
+			})
+		}
+
+		if got, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("still here")); err != nil || string(got) != "still here" {
+			t.Fatalf("a normal call after the malformed ones: got %q, %v", got, err)
+		}
+		// Every raw connection is closed by its subtest's cleanup; what the
+		// gateway ran for them must end too.
+		testutil.WaitFor(t, 10*time.Second, fmt.Sprintf("goroutines to return to %d", baseline), func() bool {
+			return runtime.NumGoroutine() <= baseline
+		})
 	})
 }

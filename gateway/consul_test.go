@@ -181,38 +181,40 @@ func TestB34_RouteTagRoutesWithoutConfig(t *testing.T) {
 }
 
 func TestB41_UnknownServiceHealth(t *testing.T) {
-	c := testutil.StartConsul(t)
-	h := startGateway(t, consulCfg(c.Addr))
-	hc := healthpb.NewHealthClient(testutil.Dial(t, h.addr))
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		c := testutil.StartConsul(t)
+		h := e.start(t, consulCfg(c.Addr))
+		hc := healthpb.NewHealthClient(testutil.Dial(t, h.addr))
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
 
-	_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "late.Svc"})
-	if status.Code(err) != codes.NotFound {
-		t.Fatalf("Check on an unknown service: %v, want NOT_FOUND", err)
-	}
-	w, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{Service: "late.Svc"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp, err := w.Recv(); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVICE_UNKNOWN {
-		t.Fatalf("first Watch answer: %v, %v; want SERVICE_UNKNOWN", resp, err)
-	}
-	b := testutil.StartBackend(t)
-	b.Health.SetServingStatus("late.Svc", healthpb.HealthCheckResponse_SERVING)
-	c.Register(t, "", testutil.RouteReg("late", "late", b.Addr, "late.Svc"))
-	for {
-		resp, err := w.Recv()
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "late.Svc"})
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("Check on an unknown service: %v, want NOT_FOUND", err)
+		}
+		w, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{Service: "late.Svc"})
 		if err != nil {
-			t.Fatalf("Watch ended before SERVING: %v", err)
+			t.Fatal(err)
 		}
-		if resp.Status == healthpb.HealthCheckResponse_SERVING {
-			break
+		if resp, err := w.Recv(); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVICE_UNKNOWN {
+			t.Fatalf("first Watch answer: %v, %v; want SERVICE_UNKNOWN", resp, err)
 		}
-	}
-	if resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "late.Svc"}); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("Check once routed: %v, %v", resp, err)
-	}
+		b := testutil.StartBackend(t)
+		b.Health.SetServingStatus("late.Svc", healthpb.HealthCheckResponse_SERVING)
+		c.Register(t, "", testutil.RouteReg("late", "late", b.Addr, "late.Svc"))
+		for {
+			resp, err := w.Recv()
+			if err != nil {
+				t.Fatalf("Watch ended before SERVING: %v", err)
+			}
+			if resp.Status == healthpb.HealthCheckResponse_SERVING {
+				break
+			}
+		}
+		if resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "late.Svc"}); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("Check once routed: %v, %v", resp, err)
+		}
+	})
 }
 
 // loginBackend is an example backend running in this process.
@@ -259,136 +261,140 @@ func login(ctx context.Context, c authpb.AuthorizationClient, password string) (
 }
 
 func TestB50_ArticleScenarioEndToEnd(t *testing.T) {
-	c := testutil.StartConsul(t)
-	b1 := startLogin(t, c.Addr, "auth-1", 0)
-	b2 := startLogin(t, c.Addr, "auth-2", 0)
-	h := startGateway(t, consulCfg(c.Addr))
-	h.routable(t, authserver.HealthService, 2)
-	client := authpb.NewAuthorizationClient(testutil.Dial(t, h.addr))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		c := testutil.StartConsul(t)
+		b1 := startLogin(t, c.Addr, "auth-1", 0)
+		b2 := startLogin(t, c.Addr, "auth-2", 0)
+		h := e.start(t, consulCfg(c.Addr))
+		h.routable(t, authserver.HealthService, 2)
+		client := authpb.NewAuthorizationClient(testutil.Dial(t, h.addr))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
 
-	seen := map[string]int{}
-	for range 10 {
+		seen := map[string]int{}
+		for range 10 {
+			by, res, err := login(ctx, client, "123456")
+			if err != nil || res.GetMessage() != "success" {
+				t.Fatalf("login: %v, %v", res, err)
+			}
+			seen[by]++
+		}
+		if len(seen) != 2 {
+			t.Fatalf("calls reached %v, want both backends", seen)
+		}
+
+		// A wrong password flips the backend that served it.
+		first, res, err := login(ctx, client, "wrong")
+		if err != nil || res.GetMessage() != "wrong email or password" {
+			t.Fatalf("wrong password: %v, %v", res, err)
+		}
+		h.routable(t, authserver.HealthService, 1)
+		for range 10 {
+			by, _, err := login(ctx, client, "123456")
+			if err != nil || by == first {
+				t.Fatalf("after %s went NOT_SERVING: served by %s, %v", first, by, err)
+			}
+		}
+
+		// The other one too: nothing is left, and calls fail at once.
+		second, _, _ := login(ctx, client, "wrong")
+		h.routable(t, authserver.HealthService, 0)
+		start := time.Now()
+		_, _, err = login(ctx, client, "123456")
+		if st := status.Convert(err); st.Code() != codes.Unavailable {
+			t.Fatalf("with no healthy backend: %v, want UNAVAILABLE", err)
+		}
+		t.Logf("UNAVAILABLE answered in %v", time.Since(start))
+
+		// /update brings one back, without restarting client or gateway.
+		back := b1
+		if b2.srv.GRPCAddr() == first {
+			back = b2
+		}
+		resp, err := http.Get("http://" + back.srv.HTTPAddr() + "/update")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("/update: %d %s", resp.StatusCode, body)
+		}
+		h.routable(t, authserver.HealthService, 1)
 		by, res, err := login(ctx, client, "123456")
-		if err != nil || res.GetMessage() != "success" {
-			t.Fatalf("login: %v, %v", res, err)
+		if err != nil || res.GetMessage() != "success" || by != first {
+			t.Fatalf("after /update on %s: served by %s: %v, %v", first, by, res, err)
 		}
-		seen[by]++
-	}
-	if len(seen) != 2 {
-		t.Fatalf("calls reached %v, want both backends", seen)
-	}
-
-	// A wrong password flips the backend that served it.
-	first, res, err := login(ctx, client, "wrong")
-	if err != nil || res.GetMessage() != "wrong email or password" {
-		t.Fatalf("wrong password: %v, %v", res, err)
-	}
-	h.routable(t, authserver.HealthService, 1)
-	for range 10 {
-		by, _, err := login(ctx, client, "123456")
-		if err != nil || by == first {
-			t.Fatalf("after %s went NOT_SERVING: served by %s, %v", first, by, err)
-		}
-	}
-
-	// The other one too: nothing is left, and calls fail at once.
-	second, _, _ := login(ctx, client, "wrong")
-	h.routable(t, authserver.HealthService, 0)
-	start := time.Now()
-	_, _, err = login(ctx, client, "123456")
-	if st := status.Convert(err); st.Code() != codes.Unavailable {
-		t.Fatalf("with no healthy backend: %v, want UNAVAILABLE", err)
-	}
-	t.Logf("UNAVAILABLE answered in %v", time.Since(start))
-
-	// /update brings one back, without restarting client or gateway.
-	back := b1
-	if b2.srv.GRPCAddr() == first {
-		back = b2
-	}
-	resp, err := http.Get("http://" + back.srv.HTTPAddr() + "/update")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("/update: %d %s", resp.StatusCode, body)
-	}
-	h.routable(t, authserver.HealthService, 1)
-	by, res, err := login(ctx, client, "123456")
-	if err != nil || res.GetMessage() != "success" || by != first {
-		t.Fatalf("after /update on %s: served by %s: %v, %v", first, by, res, err)
-	}
-	_ = second
+		_ = second
+	})
 }
 
 func TestB51_RollingRestartLosesNothing(t *testing.T) {
-	c := testutil.StartConsul(t)
-	const drain = 300 * time.Millisecond
-	backends := []*loginBackend{
-		startLogin(t, c.Addr, "r-0", drain),
-		startLogin(t, c.Addr, "r-1", drain),
-		startLogin(t, c.Addr, "r-2", drain),
-	}
-	cfg := consulCfg(c.Addr)
-	cfg.Health.DrainGrace = 2 * time.Second
-	h := startGateway(t, cfg)
-	h.routable(t, authserver.HealthService, 3)
-	client := authpb.NewAuthorizationClient(testutil.Dial(t, h.addr))
-
-	// Steady load: workers call in a loop and count every outcome.
-	var (
-		ok, failed atomic.Int64
-		mu         sync.Mutex
-		failures   []string
-	)
-	loadCtx, stopLoad := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for loadCtx.Err() == nil {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				_, res, err := login(ctx, client, "123456")
-				cancel()
-				if err != nil || res.GetMessage() != "success" {
-					failed.Add(1)
-					mu.Lock()
-					failures = append(failures, fmt.Sprint(err))
-					mu.Unlock()
-					continue
-				}
-				ok.Add(1)
-			}
-		}()
-	}
-	start := time.Now()
-	for i := range backends {
-		before := ok.Load()
-		// Stop: deregister, NOT_SERVING, drain, graceful stop.
-		backends[i].shutdown()
-		// Start it again on the same address; it registers itself.
-		addr := backends[i].srv.GRPCAddr()
-		backends[i] = startLoginAt(t, c.Addr, fmt.Sprintf("r-%d", i), addr, drain)
-		h.routable(t, authserver.HealthService, 3)
-		if ok.Load() == before {
-			t.Fatalf("no call succeeded while backend %d restarted", i)
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		c := testutil.StartConsul(t)
+		const drain = 300 * time.Millisecond
+		backends := []*loginBackend{
+			startLogin(t, c.Addr, "r-0", drain),
+			startLogin(t, c.Addr, "r-1", drain),
+			startLogin(t, c.Addr, "r-2", drain),
 		}
-	}
-	elapsed := time.Since(start)
-	stopLoad()
-	wg.Wait()
-	rate := float64(ok.Load()+failed.Load()) / elapsed.Seconds()
-	t.Logf("%d calls in %v (%.0f RPC/s) across three rolling restarts, %d failed", ok.Load()+failed.Load(), elapsed.Round(time.Millisecond), rate, failed.Load())
-	if failed.Load() != 0 {
-		t.Fatalf("%d calls failed, first: %s", failed.Load(), failures[0])
-	}
-	if rate < 200 {
-		t.Fatalf("load was %.0f RPC/s, the contract asks for at least 200", rate)
-	}
-	_ = errors.New
+		cfg := consulCfg(c.Addr)
+		cfg.Health.DrainGrace = 2 * time.Second
+		h := e.start(t, cfg)
+		h.routable(t, authserver.HealthService, 3)
+		client := authpb.NewAuthorizationClient(testutil.Dial(t, h.addr))
+
+		// Steady load: workers call in a loop and count every outcome.
+		var (
+			ok, failed atomic.Int64
+			mu         sync.Mutex
+			failures   []string
+		)
+		loadCtx, stopLoad := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for loadCtx.Err() == nil {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					_, res, err := login(ctx, client, "123456")
+					cancel()
+					if err != nil || res.GetMessage() != "success" {
+						failed.Add(1)
+						mu.Lock()
+						failures = append(failures, fmt.Sprint(err))
+						mu.Unlock()
+						continue
+					}
+					ok.Add(1)
+				}
+			}()
+		}
+		start := time.Now()
+		for i := range backends {
+			before := ok.Load()
+			// Stop: deregister, NOT_SERVING, drain, graceful stop.
+			backends[i].shutdown()
+			// Start it again on the same address; it registers itself.
+			addr := backends[i].srv.GRPCAddr()
+			backends[i] = startLoginAt(t, c.Addr, fmt.Sprintf("r-%d", i), addr, drain)
+			h.routable(t, authserver.HealthService, 3)
+			if ok.Load() == before {
+				t.Fatalf("no call succeeded while backend %d restarted", i)
+			}
+		}
+		elapsed := time.Since(start)
+		stopLoad()
+		wg.Wait()
+		rate := float64(ok.Load()+failed.Load()) / elapsed.Seconds()
+		t.Logf("%d calls in %v (%.0f RPC/s) across three rolling restarts, %d failed", ok.Load()+failed.Load(), elapsed.Round(time.Millisecond), rate, failed.Load())
+		if failed.Load() != 0 {
+			t.Fatalf("%d calls failed, first: %s", failed.Load(), failures[0])
+		}
+		if rate < 200 {
+			t.Fatalf("load was %.0f RPC/s, the contract asks for at least 200", rate)
+		}
+		_ = errors.New
+	})
 }

@@ -50,43 +50,47 @@ func (h *harness) routable(t *testing.T, route string, n int) {
 }
 
 func TestB10_NoRoutableBackendIsUnavailableAtOnce(t *testing.T) {
-	b := testutil.StartBackend(t)
-	b.Health.SetServingStatus("test.Svc", healthpb.HealthCheckResponse_NOT_SERVING)
-	h := startGateway(t, config.Config{Routes: []config.Route{{Service: "test.Svc", Backends: []string{b.Addr}}}})
-	testutil.WaitFor(t, 10*time.Second, "the backend's NOT_SERVING to be known", func() bool {
-		st := h.g.State()
-		return st != nil && len(st.Routes["test.Svc"].Backends) == 1 &&
-			st.Routes["test.Svc"].Backends[0].Status == healthpb.HealthCheckResponse_NOT_SERVING
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		b := testutil.StartBackend(t)
+		b.Health.SetServingStatus("test.Svc", healthpb.HealthCheckResponse_NOT_SERVING)
+		h := e.start(t, config.Config{Routes: []config.Route{{Service: "test.Svc", Backends: []string{b.Addr}}}})
+		testutil.WaitFor(t, 10*time.Second, "the backend's NOT_SERVING to be known", func() bool {
+			st := h.g.State()
+			return st != nil && len(st.Routes["test.Svc"].Backends) == 1 &&
+				st.Routes["test.Svc"].Backends[0].Status == healthpb.HealthCheckResponse_NOT_SERVING
+		})
+		cc := testutil.Dial(t, h.addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x"))
+		st := status.Convert(err)
+		if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), `no healthy upstream for route "test.Svc"`) {
+			t.Fatalf("got %v, want UNAVAILABLE naming the route", err)
+		}
+		select {
+		case <-b.Started():
+			t.Fatal("a backend stream was opened for a call that had no routable backend")
+		default:
+		}
 	})
-	cc := testutil.Dial(t, h.addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x"))
-	st := status.Convert(err)
-	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), `no healthy upstream for route "test.Svc"`) {
-		t.Fatalf("got %v, want UNAVAILABLE naming the route", err)
-	}
-	select {
-	case <-b.Started():
-		t.Fatal("a backend stream was opened for a call that had no routable backend")
-	default:
-	}
 }
 
 func TestB11_UnroutedServiceIsUnimplemented(t *testing.T) {
-	b := testutil.StartBackend(t)
-	h := startGateway(t, config.Config{Routes: []config.Route{{Service: "test.Svc", Backends: []string{b.Addr}}}})
-	h.routable(t, "test.Svc", 1)
-	cc := testutil.Dial(t, h.addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); err != nil {
-		t.Fatalf("routed service: %v", err)
-	}
-	_, err := testutil.Unary(ctx, cc, "/other.Svc/Echo", []byte("x"))
-	if st := status.Convert(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "other.Svc") {
-		t.Fatalf("got %v, want UNIMPLEMENTED naming other.Svc", err)
-	}
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		b := testutil.StartBackend(t)
+		h := e.start(t, config.Config{Routes: []config.Route{{Service: "test.Svc", Backends: []string{b.Addr}}}})
+		h.routable(t, "test.Svc", 1)
+		cc := testutil.Dial(t, h.addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); err != nil {
+			t.Fatalf("routed service: %v", err)
+		}
+		_, err := testutil.Unary(ctx, cc, "/other.Svc/Echo", []byte("x"))
+		if st := status.Convert(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "other.Svc") {
+			t.Fatalf("got %v, want UNIMPLEMENTED naming other.Svc", err)
+		}
+	})
 }
 
 func TestGzipCompressedCallsPass(t *testing.T) {

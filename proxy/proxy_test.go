@@ -22,6 +22,13 @@ import (
 	"github.com/healthgate/healthgate/proxy"
 )
 
+// The tests of this package are the grpc engine's unit tests: they build it
+// with proxy.New in front of a fake picker. An engine that relays frames
+// needs backend connections owned by healthcheck, so the forwarding
+// contract runs against every engine (HEALTHGATE_ENGINES) through a whole
+// gateway instead, with the same assertions: B01-B09, B12 and B17 in
+// gateway/forwarding_test.go (TestBnn_...ThroughGateway), B13 in
+// gateway/b13_b14_test.go and gateway/b13_refused_test.go.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // upstream sends every call to one real backend connection and reports how
@@ -221,62 +228,6 @@ func TestB02_RawBytesAndContentSubtype(t *testing.T) {
 	}
 }
 
-// observed is everything a client can see of a call's outcome.
-type observed struct {
-	header, trailer metadata.MD
-	code            codes.Code
-	msg             string
-	details         string // grpc-status-details-bin as received
-	n               int    // messages received
-}
-
-func observe(ctx context.Context, t *testing.T, cc *grpc.ClientConn, method string, md metadata.MD, send int) observed {
-	t.Helper()
-	cs, err := testutil.RawStream(metadata.NewOutgoingContext(ctx, md), cc, method)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range send {
-		m := []byte("m")
-		if err := cs.SendMsg(&m); err != nil {
-			break
-		}
-	}
-	cs.CloseSend()
-	var o observed
-	o.header, _ = cs.Header()
-	for {
-		var m []byte
-		if err = cs.RecvMsg(&m); err != nil {
-			break
-		}
-		o.n++
-	}
-	st := status.Convert(err)
-	if errors.Is(err, io.EOF) {
-		st = status.New(codes.OK, "")
-	}
-	o.code, o.msg = st.Code(), st.Message()
-	o.trailer = cs.Trailer()
-	if d := o.trailer.Get("grpc-status-details-bin"); len(d) > 0 {
-		o.details = d[0]
-	}
-	delete(o.header, "content-type") // the gateway's listener sets its own
-	return o
-}
-
-func equalMD(a, b metadata.MD) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if strings.Join(v, "\x00") != strings.Join(b[k], "\x00") {
-			return false
-		}
-	}
-	return true
-}
-
 func TestB03_HeadersBeforeMessagesAndOnErrors(t *testing.T) {
 	e := newEnv(t, proxy.Config{}, nil)
 	ctx := ctxT(t)
@@ -315,13 +266,13 @@ func TestB03_HeadersBeforeMessagesAndOnErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			want := observe(ctx, t, e.direct, tc.method, tc.md, tc.send)
-			got := observe(ctx, t, e.gw, tc.method, tc.md, tc.send)
-			if !equalMD(got.header, want.header) {
-				t.Errorf("header: got %v, want %v (direct)", got.header, want.header)
+			want := testutil.Observe(ctx, t, e.direct, tc.method, tc.md, tc.send)
+			got := testutil.Observe(ctx, t, e.gw, tc.method, tc.md, tc.send)
+			if !testutil.EqualMD(got.Header, want.Header) {
+				t.Errorf("header: got %v, want %v (direct)", got.Header, want.Header)
 			}
-			if got.code != want.code || got.n != want.n {
-				t.Errorf("got %v after %d messages, want %v after %d", got.code, got.n, want.code, want.n)
+			if got.Code != want.Code || got.N != want.N {
+				t.Errorf("got %v after %d messages, want %v after %d", got.Code, got.N, want.Code, want.N)
 			}
 		})
 	}
@@ -336,22 +287,22 @@ func TestB04_TrailersAndStatusExact(t *testing.T) {
 		"x-status-message", "SPECIAL",
 		"x-status-details", "1",
 	)
-	want := observe(ctx, t, e.direct, "/test.Svc/Echo", md, 2)
-	got := observe(ctx, t, e.gw, "/test.Svc/Echo", md, 2)
-	if want.code != codes.InvalidArgument || want.details == "" {
-		t.Fatalf("direct call: %v with details %q; the test backend is not doing its part", want.code, want.details)
+	want := testutil.Observe(ctx, t, e.direct, "/test.Svc/Echo", md, 2)
+	got := testutil.Observe(ctx, t, e.gw, "/test.Svc/Echo", md, 2)
+	if want.Code != codes.InvalidArgument || want.Details == "" {
+		t.Fatalf("direct call: %v with details %q; the test backend is not doing its part", want.Code, want.Details)
 	}
-	if got.code != want.code || got.msg != want.msg {
-		t.Errorf("status: got %v %q, want %v %q", got.code, got.msg, want.code, want.msg)
+	if got.Code != want.Code || got.Msg != want.Msg {
+		t.Errorf("status: got %v %q, want %v %q", got.Code, got.Msg, want.Code, want.Msg)
 	}
-	if got.details != want.details {
-		t.Errorf("grpc-status-details-bin: got %x, want %x", got.details, want.details)
+	if got.Details != want.Details {
+		t.Errorf("grpc-status-details-bin: got %x, want %x", got.Details, want.Details)
 	}
-	if !equalMD(got.trailer, want.trailer) {
-		t.Errorf("trailer: got %v, want %v", got.trailer, want.trailer)
+	if !testutil.EqualMD(got.Trailer, want.Trailer) {
+		t.Errorf("trailer: got %v, want %v", got.Trailer, want.Trailer)
 	}
-	if got.n != 2 {
-		t.Errorf("got %d messages before the status, want 2", got.n)
+	if got.N != 2 {
+		t.Errorf("got %d messages before the status, want 2", got.N)
 	}
 }
 

@@ -121,7 +121,10 @@ func (r *refuser) count() int {
 // TestB13_RefusedStreamGoesToAnotherBackend: a backend that refuses the
 // stream (REFUSED_STREAM: it never processed the call) has the call sent to
 // the next backend, every request message included, byte-identical; a call
-// whose messages overflow the replay buffer is not sent twice.
+// whose messages overflow the replay buffer is not sent twice. The first
+// half runs against every engine through a whole gateway as
+// gateway.TestB13_RefusedStreamGoesToAnotherBackendThroughGateway; the
+// replay buffer is not in the config file, so the second stays here.
 func TestB13_RefusedStreamGoesToAnotherBackend(t *testing.T) {
 	good := testutil.StartBackend(t)
 	ref := startRefuser(t)
