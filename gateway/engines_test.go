@@ -49,8 +49,8 @@ func (e *engine) start(t *testing.T, cfg config.Config) *harness {
 func (e *engine) startLog(t *testing.T, cfg config.Config, logger *slog.Logger) *harness {
 	t.Helper()
 	h := startGatewayLog(t, e.config(cfg), logger)
-	if got := h.g.Config().Proxy.Engine; got != e.name {
-		t.Fatalf("the gateway runs with proxy.engine %q, want %q", got, e.name)
+	if got := h.g.Engine(); got != e.name {
+		t.Fatalf("the gateway runs the %s engine, want %s", got, e.name)
 	}
 	e.started.Add(1)
 	return h

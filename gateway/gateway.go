@@ -327,6 +327,15 @@ func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discov
 	return discovery.Merge(srcs...), nil
 }
 
+// Engine is the forwarding engine serving clients: proxycfg.EngineRelay
+// or proxycfg.EngineGRPC.
+func (g *Gateway) Engine() string {
+	if g.relay != nil {
+		return proxycfg.EngineRelay
+	}
+	return proxycfg.EngineGRPC
+}
+
 // ConnectStatus is the gateway's Consul Connect identity in hand.
 func (g *Gateway) ConnectStatus() discovery.ConnectStatus { return g.connect.Status() }
 
@@ -461,7 +470,7 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	}
 	go func() { serveDone <- g.front.Serve(lis) }()
 	g.listening.Store(true)
-	g.log.Info("healthgate serving", "listen", lis.Addr().String())
+	g.log.Info("healthgate serving", "listen", lis.Addr().String(), "engine", g.Engine())
 
 	var reg *register.Registration
 	if cfg.Register.Enabled {

@@ -514,7 +514,10 @@ func (c *Conn) readyAllLocked() {
 }
 
 func (c *Conn) readyLocked(s *Stream) {
-	if !s.inReady && len(s.out) > 0 {
+	// A stream still waiting for its ID joins the turn when it gets one:
+	// joining before would let it be written before streams that got a
+	// lower ID, and IDs must rise in the order streams open.
+	if !s.inReady && len(s.out) > 0 && s.id != 0 {
 		s.inReady = true
 		c.ready = append(c.ready, s)
 	}

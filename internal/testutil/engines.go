@@ -17,8 +17,8 @@ import (
 const EnginesEnv = "HEALTHGATE_ENGINES"
 
 // DefaultEngines are the forwarding engines every engine-table test runs
-// against when EnginesEnv is not set.
-var DefaultEngines = []string{proxycfg.EngineGRPC}
+// against when EnginesEnv is not set: all of them.
+func DefaultEngines() []string { return []string{proxycfg.EngineGRPC, proxycfg.EngineRelay} }
 
 // Engines is the forwarding engines of this run: EnginesEnv's list, or
 // DefaultEngines. A name that is not an engine, or one named twice, fails
@@ -27,7 +27,7 @@ func Engines(t testing.TB) []string {
 	t.Helper()
 	v := strings.TrimSpace(os.Getenv(EnginesEnv))
 	if v == "" {
-		return slices.Clone(DefaultEngines)
+		return DefaultEngines()
 	}
 	var out []string
 	for _, e := range strings.Split(v, ",") {

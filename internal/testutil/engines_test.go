@@ -26,8 +26,8 @@ func TestEngines(t *testing.T) {
 		want    []string
 		wantErr bool
 	}{
-		{"", DefaultEngines, false},
-		{"  ", DefaultEngines, false},
+		{"", DefaultEngines(), false},
+		{"  ", DefaultEngines(), false},
 		{"grpc", []string{"grpc"}, false},
 		{"relay", []string{"relay"}, false},
 		{"grpc,relay", []string{"grpc", "relay"}, false},
