@@ -273,7 +273,9 @@ func TestB16_RawHTTP2MalformedRequests(t *testing.T) {
 			{"path without leading slash", call(request("test.Svc/Echo"), validMessage("x")), true},
 			{"path without method", call(request("/test.Svc"), validMessage("x")), true},
 			{"path with empty method", call(request("/test.Svc/"), validMessage("x")), true},
-			{"empty path", call(request(""), validMessage("x")), true},
+			// An empty :path is malformed HTTP/2 (RFC 9113 8.3.1): a
+			// stream error is as clear an answer as a gRPC status.
+			{"empty path", call(request(""), validMessage("x")), false},
 			{"12 KiB method on a routed service", call(request("/test.Svc/"+long), validMessage("x")), true},
 			{"12 KiB path without slashes", call(request(long), validMessage("x")), true},
 			// Over the advertised MAX_HEADER_LIST_SIZE: an HTTP/2 error, stream

@@ -132,7 +132,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	g.front = g.srv
 	if cfg.Proxy.Engine == proxycfg.EngineRelay {
-		g.local = &localUpstream{lis: h2.NewPipeListener()}
+		g.local = &localUpstream{lis: h2.NewPipeListener(), up: make(chan struct{})}
 		g.relay = px.NewRelay(proxy.RelayConfig{
 			Local:     map[string]proxy.RelayUpstream{healthpb.Health_ServiceDesc.ServiceName: g.local},
 			UserAgent: "healthgate/" + Version,
@@ -465,6 +465,11 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 			g.local.run(runCtx)
 			wg.Wait()
 		}()
+		select {
+		case <-g.local.up:
+		case <-time.After(5 * time.Second):
+			g.log.Error("the relay's in-memory connection to the gateway's own health service is not up after 5s")
+		}
 	} else {
 		close(localDone)
 	}
@@ -582,9 +587,13 @@ type front interface {
 // localUpstream is the relay's way to the gateway's own grpc.Server: an
 // HTTP/2 connection in memory, kept up until the gateway stops.
 type localUpstream struct {
-	lis  *h2.PipeListener
-	mu   sync.Mutex
-	conn *h2.Conn
+	lis *h2.PipeListener
+	// up is closed once the first connection is ready: the listener
+	// opens only then, so that no health call finds it missing.
+	up     chan struct{}
+	upOnce sync.Once
+	mu     sync.Mutex
+	conn   *h2.Conn
 }
 
 func (l *localUpstream) Addr() string       { return "in-process" }
@@ -610,6 +619,7 @@ func (l *localUpstream) run(ctx context.Context) {
 			l.mu.Lock()
 			l.conn = c
 			l.mu.Unlock()
+			l.upOnce.Do(func() { close(l.up) })
 		})
 		stop := context.AfterFunc(ctx, c.Close)
 		_ = c.Serve(time.Time{})

@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -180,6 +181,7 @@ type Conn struct {
 	closed                  bool
 	closeErr                error
 	writerDone              chan struct{}
+	closeDone               chan struct{} // closed when closeWith has finished
 	// lastActive is when the connection last had a stream end or begin,
 	// or was created: for idle timeouts.
 	lastActive time.Time
@@ -226,7 +228,7 @@ func NewConn(nc net.Conn, role Role, cfg Config) *Conn {
 	cfg = cfg.withDefaults(role)
 	c := &Conn{
 		nc: nc, role: role, cfg: cfg, log: cfg.Logger,
-		wake: make(chan struct{}, 1), done: make(chan struct{}), writerDone: make(chan struct{}),
+		wake: make(chan struct{}, 1), done: make(chan struct{}), writerDone: make(chan struct{}), closeDone: make(chan struct{}),
 		streams:          map[uint32]*Stream{},
 		peerMaxStreams:   math.MaxUint32,
 		peerStreamWindow: 65535,
@@ -280,6 +282,9 @@ func (c *Conn) Serve(handshakeDeadline time.Time) error {
 	}
 	c.closeWith(err)
 	<-c.writerDone
+	// Another goroutine may have begun the close: Serve returns only
+	// once it, and the handlers it tells, are done.
+	<-c.closeDone
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closeErr
@@ -401,7 +406,11 @@ func (c *Conn) handleFrame(f http2.Frame) error {
 	case *http2.DataFrame:
 		return c.data(f)
 	case *http2.RSTStreamFrame:
-		c.peerReset(f.StreamID, f.ErrCode)
+		return c.peerReset(f.StreamID, f.ErrCode)
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			c.resetStream(f.StreamID, http2.ErrCodeProtocol, true)
+		}
 		return nil
 	case *http2.GoAwayFrame:
 		c.goAway(f.LastStreamID, f.ErrCode)
@@ -489,7 +498,11 @@ func (c *Conn) windowUpdate(f *http2.WindowUpdateFrame) error {
 	}
 	s := c.streams[f.StreamID]
 	if s == nil {
+		idle := c.idleLocked(f.StreamID)
 		c.mu.Unlock()
+		if idle {
+			return connError(http2.ErrCodeProtocol, "WINDOW_UPDATE on an idle stream")
+		}
 		return nil
 	}
 	s.sendWindow += int32(f.Increment)
@@ -533,16 +546,27 @@ func (c *Conn) headers(f *http2.MetaHeadersFrame) error {
 			c.resetStream(id, http2.ErrCodeStreamClosed, true)
 			return nil
 		}
+		// A request's second header block is its trailers: it must end
+		// the stream and carry no pseudo-header (RFC 9113 8.1).
+		if c.role == Server && (!f.StreamEnded() || len(f.PseudoFields()) > 0) {
+			c.resetStream(id, http2.ErrCodeProtocol, true)
+			return nil
+		}
 		if f.StreamEnded() {
+			if !s.lengthOK() {
+				c.resetStream(id, http2.ErrCodeProtocol, true)
+				return nil
+			}
 			c.remoteEnded(s)
 		}
 		s.h.Headers(s, f)
 		return nil
 	}
 	if c.role == Client {
+		next := c.nextStreamID
 		c.mu.Unlock()
 		// A response to a stream we reset or never opened.
-		if id >= c.nextStreamIDLocked() {
+		if id >= next {
 			return connError(http2.ErrCodeProtocol, "HEADERS on a stream never opened")
 		}
 		return nil
@@ -564,7 +588,18 @@ func (c *Conn) headers(f *http2.MetaHeadersFrame) error {
 		c.mu.Unlock()
 		return c.queueControl(ctrlFrame{kind: ctrlRST, stream: id, code: http2.ErrCodeRefusedStream})
 	}
+	contentLength, ok := checkRequest(f)
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		ok = false // a stream cannot depend on itself (RFC 9113 5.3.1)
+	}
+	if !ok {
+		// Malformed (RFC 9113 8.1.1): a stream error, before any
+		// handler sees the request.
+		c.mu.Unlock()
+		return c.queueControl(ctrlFrame{kind: ctrlRST, stream: id, code: http2.ErrCodeProtocol})
+	}
 	s = c.newStreamLocked(id)
+	s.contentLength = contentLength
 	c.mu.Unlock()
 	if f.StreamEnded() {
 		c.remoteEnded(s)
@@ -576,10 +611,34 @@ func (c *Conn) headers(f *http2.MetaHeadersFrame) error {
 	return nil
 }
 
-func (c *Conn) nextStreamIDLocked() uint32 { return c.nextStreamID }
+// checkRequest reports whether a request's header block is well-formed
+// as RFC 9113 8.3.1 and 8.2.2 say, and its content-length (-1 without one).
+func checkRequest(f *http2.MetaHeadersFrame) (contentLength int64, ok bool) {
+	if f.PseudoValue("method") == "" || f.PseudoValue("scheme") == "" || f.PseudoValue("path") == "" {
+		return 0, false
+	}
+	contentLength = -1
+	for _, hf := range f.RegularFields() {
+		switch hf.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return 0, false
+		case "te":
+			if hf.Value != "trailers" {
+				return 0, false
+			}
+		case "content-length":
+			n, err := strconv.ParseInt(hf.Value, 10, 64)
+			if err != nil || n < 0 {
+				return 0, false
+			}
+			contentLength = n
+		}
+	}
+	return contentLength, true
+}
 
 func (c *Conn) newStreamLocked(id uint32) *Stream {
-	s := &Stream{c: c, id: id, sendWindow: c.peerStreamWindow, recvWindow: int32(c.cfg.StreamWindow)}
+	s := &Stream{c: c, id: id, sendWindow: c.peerStreamWindow, recvWindow: int32(c.cfg.StreamWindow), contentLength: -1}
 	c.streams[id] = s
 	c.active++
 	c.lastActive = time.Now()
@@ -626,8 +685,13 @@ func (c *Conn) data(f *http2.DataFrame) error {
 	} else if pad := n - int64(len(f.Data())); pad > 0 {
 		c.creditConnLocked(pad)
 	}
+	s.received += int64(len(f.Data()))
 	c.mu.Unlock()
 	end := f.StreamEnded()
+	if (s.contentLength >= 0 && s.received > s.contentLength) || (end && !s.lengthOK()) {
+		c.resetStream(f.StreamID, http2.ErrCodeProtocol, true)
+		return nil
+	}
 	if end {
 		c.remoteEnded(s)
 	}
@@ -655,12 +719,16 @@ func (c *Conn) creditConnLocked(n int64) {
 	}
 }
 
-func (c *Conn) peerReset(id uint32, code http2.ErrCode) {
+func (c *Conn) peerReset(id uint32, code http2.ErrCode) error {
 	c.mu.Lock()
 	s := c.streams[id]
 	if s == nil {
+		idle := c.idleLocked(id)
 		c.mu.Unlock()
-		return
+		if idle {
+			return connError(http2.ErrCodeProtocol, "RST_STREAM on an idle stream")
+		}
+		return nil
 	}
 	answered := s.answered
 	c.closeStreamLocked(s)
@@ -669,6 +737,15 @@ func (c *Conn) peerReset(id uint32, code http2.ErrCode) {
 		c.closeWith(connError(http2.ErrCodeEnhanceYourCalm, "too many streams reset before an answer"))
 	}
 	s.h.Reset(s, code, nil)
+	return nil
+}
+
+// idleLocked reports whether stream id was never opened (RFC 9113 5.1).
+func (c *Conn) idleLocked(id uint32) bool {
+	if c.role == Server {
+		return id > c.lastPeerStream
+	}
+	return id >= c.nextStreamID
 }
 
 func (c *Conn) goAway(last uint32, code http2.ErrCode) {
@@ -810,6 +887,7 @@ func (c *Conn) closeWith(err error) {
 		}
 	}
 	c.log.Debug("h2 connection closed", "remote", c.nc.RemoteAddr(), "err", err)
+	close(c.closeDone)
 }
 
 // Close closes the connection at once.

@@ -41,6 +41,9 @@ type Stream struct {
 	remoteDone bool // END_STREAM received
 	answered   bool // a Server stream's response HEADERS queued
 	closed     bool
+	// contentLength is the request's content-length, -1 without one;
+	// received counts its DATA bytes (the reader goroutine's).
+	contentLength, received int64
 	// opened: the HEADERS that open the stream were taken to be written;
 	// before that the peer has never heard of it, and a RST_STREAM for it
 	// would be a protocol error on the whole connection.
@@ -62,6 +65,10 @@ type outItem struct {
 	// release, if set, is called once the item is written or dropped.
 	release func()
 }
+
+// lengthOK reports whether the DATA received matches the content-length,
+// at the end of the stream.
+func (s *Stream) lengthOK() bool { return s.contentLength < 0 || s.received == s.contentLength }
 
 // ID is the stream's ID; 0 for a Client stream not yet sent.
 func (s *Stream) ID() uint32 {
@@ -85,7 +92,7 @@ func (c *Conn) OpenStream(fields []hpack.HeaderField, endStream bool, h Handler)
 		c.mu.Unlock()
 		return nil, ErrClosed
 	}
-	s := &Stream{c: c, h: h, sendWindow: c.peerStreamWindow, recvWindow: int32(c.cfg.StreamWindow)}
+	s := &Stream{c: c, h: h, sendWindow: c.peerStreamWindow, recvWindow: int32(c.cfg.StreamWindow), contentLength: -1}
 	s.out = append(s.out, outItem{kind: outHeaders, fields: fields, end: endStream})
 	s.localDone = endStream
 	c.pending = append(c.pending, s)
