@@ -13,7 +13,6 @@ import (
 
 	"github.com/healthgate/healthgate/config"
 	"github.com/healthgate/healthgate/internal/testutil"
-	"github.com/healthgate/healthgate/proxy/proxycfg"
 )
 
 // healthWatch is a gateway health Watch read in the background: every status
@@ -93,22 +92,12 @@ func (w *healthWatch) quiet(t *testing.T, svc string) {
 // calls to another route keep succeeding on that connection throughout.
 //
 // from_first_call: the health service answers the first calls on the first
-// connection, made as soon as the gateway listens. Skipped on the relay,
-// which answers them UNAVAILABLE "healthgate: no connection to backend
-// in-process" for a few milliseconds after Run starts: Gateway.Run serves
-// the listener at once while the relay's in-memory HTTP/2 connection to the
-// gateway's own grpc.Server (localUpstream) only becomes usable when its
-// SETTINGS exchange ends, and the relay fails a call it cannot open a stream
-// for. TestB40 and TestB42, which open a Watch as soon as the gateway
-// starts, fail the same way now and then on the relay.
+// connection, made as soon as the gateway listens (the relay opens its
+// listener only once its in-memory connection to the gateway's own
+// grpc.Server is up).
 func TestB82_GatewayHealthBesideProxiedCalls(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *engine) {
-		t.Run("from_first_call", func(t *testing.T) {
-			if e.name == proxycfg.EngineRelay {
-				t.Skip("relay: the gateway's own health answers UNAVAILABLE \"no connection to backend in-process\" until the in-memory connection to it is ready (gateway.Run serves before localUpstream is up)")
-			}
-			healthFromFirstCall(t, e)
-		})
+		t.Run("from_first_call", func(t *testing.T) { healthFromFirstCall(t, e) })
 		t.Run("route_flip", func(t *testing.T) { healthBesideProxiedCalls(t, e) })
 	})
 }
