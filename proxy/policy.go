@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -20,37 +21,77 @@ import (
 // lie about the second hop. :authority becomes x-forwarded-host.
 var dropped = [...]string{":authority", "user-agent", "grpc-accept-encoding", "grpc-encoding", "te", "content-type", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
 
-// outgoingMD is the client's request metadata md (which it edits) as the
-// backend gets it: x-forwarded-for ends with the client's address and
-// x-forwarded-host names the :authority the client called; both are
-// replaced unless the client is a trusted proxy, whose own values are kept
-// (and appended to). from is the client's address; nil when unknown.
-func outgoingMD(md metadata.MD, from net.Addr, trusted []netip.Prefix) metadata.MD {
-	if md == nil {
-		md = metadata.MD{}
-	}
-	trust := isTrusted(from, trusted)
-	authority := md[":authority"]
-	for _, k := range dropped {
-		delete(md, k)
-	}
-	if !trust || len(md["x-forwarded-host"]) == 0 {
-		if len(authority) > 0 {
-			md["x-forwarded-host"] = authority[:1]
-		} else {
-			delete(md, "x-forwarded-host")
-		}
-	}
-	if !trust {
-		delete(md, "x-forwarded-for")
-	}
+// forwardPolicy is the forwarding policy as it applies to one client: the
+// one rule both engines apply, the grpc engine to a metadata.MD
+// (outgoingMD), the relay to a header list. x-forwarded-for ends with the
+// client's address and x-forwarded-host names the :authority the client
+// called; both replace what the client sent unless the client is a
+// trusted proxy, whose own values are kept (and appended to).
+type forwardPolicy struct {
+	trusted bool
+	// clientHost is the client's IP when known (hasClient).
+	clientHost string
+	hasClient  bool
+}
+
+// policyFor is the policy for a client at from (nil when unknown).
+func policyFor(from net.Addr, trusted []netip.Prefix) forwardPolicy {
+	fp := forwardPolicy{trusted: isTrusted(from, trusted)}
 	if from != nil {
 		host := from.String()
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
-		md["x-forwarded-for"] = append(md["x-forwarded-for"], host)
+		fp.clientHost, fp.hasClient = host, true
 	}
+	return fp
+}
+
+// keep reports whether the request header k reaches the backend as the
+// client sent it.
+func (fp forwardPolicy) keep(k string) bool {
+	if slices.Contains(dropped[:], k) {
+		return false
+	}
+	return fp.trusted || (k != "x-forwarded-for" && k != "x-forwarded-host")
+}
+
+// added calls add for each header the gateway sets: x-forwarded-host,
+// unless a trusted client sent its own (hasXFH), and the client's address
+// at the end of x-forwarded-for.
+func (fp forwardPolicy) added(authority string, hasXFH bool, add func(k, v string)) {
+	if authority != "" && !(fp.trusted && hasXFH) {
+		add("x-forwarded-host", authority)
+	}
+	if fp.hasClient {
+		add("x-forwarded-for", fp.clientHost)
+	}
+}
+
+// outgoingMD is the client's request metadata md (which it edits) as the
+// backend gets it, by the forwarding policy. from is the client's address;
+// nil when unknown.
+func outgoingMD(md metadata.MD, from net.Addr, trusted []netip.Prefix) metadata.MD {
+	if md == nil {
+		md = metadata.MD{}
+	}
+	fp := policyFor(from, trusted)
+	var authority string
+	if a := md[":authority"]; len(a) > 0 {
+		authority = a[0]
+	}
+	for k := range md {
+		if !fp.keep(k) {
+			delete(md, k)
+		}
+	}
+	fp.added(authority, len(md["x-forwarded-host"]) > 0, func(k, v string) {
+		if k == "x-forwarded-host" {
+			md[k] = []string{v}
+			return
+		}
+		md[k] = append(md[k], v)
+	})
 	return md
 }
 

@@ -15,7 +15,6 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/healthgate/healthgate/internal/h2"
 )
@@ -45,7 +44,7 @@ var callCtx = context.Background()
 type relayCall struct {
 	r      *Relay
 	client *h2.Stream
-	from   net.Addr
+	policy forwardPolicy
 	tlsID  string
 	method string
 	start  time.Time
@@ -208,7 +207,9 @@ func (r *Relay) serveConn(nc net.Conn) {
 		}
 		nc = t
 	}
-	from := nc.RemoteAddr()
+	// The policy depends on the client alone: worked out once for all the
+	// connection's calls.
+	policy := policyFor(nc.RemoteAddr(), r.p.trusted)
 	var c *h2.Conn
 	pings := pingPolicy{min: l.MinPingInterval}
 	resets := resetPolicy{}
@@ -218,7 +219,7 @@ func (r *Relay) serveConn(nc net.Conn) {
 		StreamWindow:         1 << 20,
 		ConnWindow:           16 << 20,
 		OnStream: func(s *h2.Stream, f *http2.MetaHeadersFrame) {
-			r.startCall(s, f, from, tlsID)
+			r.startCall(s, f, policy, tlsID)
 		},
 		OnPing:  pings.allow,
 		OnReset: resets.allow,
@@ -360,8 +361,8 @@ func identityOf(cs tls.ConnectionState) string {
 }
 
 // startCall routes a new stream, on the client connection's reader.
-func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, from net.Addr, tlsID string) {
-	call := &relayCall{r: r, client: s, from: from, tlsID: tlsID, start: time.Now()}
+func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwardPolicy, tlsID string) {
+	call := &relayCall{r: r, client: s, policy: policy, tlsID: tlsID, start: time.Now()}
 	s.Accept(clientSide{call})
 	s.Value = call
 	if obs := r.p.cfg.Observer; obs != nil {
@@ -418,44 +419,41 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, from net.Addr
 // (README "Forwarding policy") applied to the client's.
 func (r *Relay) outgoing(f *http2.MetaHeadersFrame, call *relayCall, timeout time.Duration, hasTimeout bool) []hpack.HeaderField {
 	regular := f.RegularFields()
-	md := make(metadata.MD, len(regular)+1)
-	var keep []hpack.HeaderField
-	for _, hf := range regular {
-		switch hf.Name {
-		case "content-type", "grpc-encoding", "grpc-accept-encoding":
-			// The relay moves the client's bytes as they are, compressed
-			// or not: these describe them end to end.
-			keep = append(keep, hf)
-			continue
-		case "grpc-timeout":
-			continue
-		}
-		md[hf.Name] = append(md[hf.Name], hf.Value)
-	}
-	if a := f.PseudoValue("authority"); a != "" {
-		md[":authority"] = []string{a}
-	}
-	md = outgoingMD(md, call.from, r.p.trusted)
-	out := make([]hpack.HeaderField, 0, 8+len(md)+len(keep))
+	out := make([]hpack.HeaderField, 0, len(regular)+8)
 	out = append(out,
 		hpack.HeaderField{Name: ":method", Value: "POST"},
 		hpack.HeaderField{Name: ":scheme", Value: "http"},
 		hpack.HeaderField{Name: ":path", Value: call.method},
 		hpack.HeaderField{Name: ":authority", Value: ""}, // the backend's, set at open
+		hpack.HeaderField{Name: "te", Value: "trailers"},
 	)
-	out = append(out, keep...)
-	out = append(out, hpack.HeaderField{Name: "te", Value: "trailers"})
 	if r.ua != "" {
 		out = append(out, hpack.HeaderField{Name: "user-agent", Value: r.ua})
 	}
 	if hasTimeout {
 		out = append(out, hpack.HeaderField{Name: "grpc-timeout", Value: encodeTimeout(timeout)})
 	}
-	for k, vs := range md {
-		for _, v := range vs {
-			out = append(out, hpack.HeaderField{Name: k, Value: v, Sensitive: k == "authorization"})
+	hasXFH := false
+	for _, hf := range regular {
+		switch hf.Name {
+		case "content-type", "grpc-encoding", "grpc-accept-encoding":
+			// The relay moves the client's bytes as they are, compressed
+			// or not: these describe them end to end.
+			out = append(out, hf)
+			continue
+		case "grpc-timeout":
+			continue
 		}
+		if !call.policy.keep(hf.Name) {
+			continue
+		}
+		hasXFH = hasXFH || hf.Name == "x-forwarded-host"
+		hf.Sensitive = hf.Sensitive || hf.Name == "authorization"
+		out = append(out, hf)
 	}
+	call.policy.added(f.PseudoValue("authority"), hasXFH, func(k, v string) {
+		out = append(out, hpack.HeaderField{Name: k, Value: v})
+	})
 	return out
 }
 
@@ -621,17 +619,28 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 }
 
 // responseFields are the backend's response headers or trailers as the
-// client gets them: all of them, hop-by-hop names aside.
+// client gets them: all of them, hop-by-hop names aside. The frame's own
+// list is used when it has none, as it should: the framer makes a new one
+// for every frame.
 func responseFields(f *http2.MetaHeadersFrame) []hpack.HeaderField {
+	if !slices.ContainsFunc(f.Fields, hopByHop) {
+		return f.Fields
+	}
 	out := make([]hpack.HeaderField, 0, len(f.Fields))
 	for _, hf := range f.Fields {
-		switch hf.Name {
-		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-			continue
+		if !hopByHop(hf) {
+			out = append(out, hf)
 		}
-		out = append(out, hf)
 	}
 	return out
+}
+
+func hopByHop(hf hpack.HeaderField) bool {
+	switch hf.Name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+		return true
+	}
+	return false
 }
 
 func fieldValue(f *http2.MetaHeadersFrame, name string) string {
