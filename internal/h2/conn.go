@@ -16,6 +16,7 @@ package h2
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -176,6 +177,7 @@ type Conn struct {
 	lastPeerStream          uint32 // Server: the highest stream ID the peer opened
 	active                  int    // streams open, for MaxConcurrentStreams
 	goAwaySent              bool
+	draining                bool // the first GOAWAY of two is out
 	goAwayRecv              bool
 	peerLastStream          uint32
 	closed                  bool
@@ -389,6 +391,9 @@ func (c *Conn) handleFrame(f http2.Frame) error {
 		return c.applySettings(f)
 	case *http2.PingFrame:
 		if f.IsAck() {
+			if binary.BigEndian.Uint64(f.Data[:]) == drainPing {
+				c.finishGoAway(http2.ErrCodeNo, "draining")
+			}
 			return nil
 		}
 		c.mu.Lock()
@@ -899,6 +904,42 @@ func (c *Conn) Close() { c.closeWith(nil) }
 // a PING round trip, so that streams the client opened meanwhile are not
 // lost (RFC 9113 6.8).
 func (c *Conn) GoAway(code http2.ErrCode, debug string) {
+	c.mu.Lock()
+	if c.goAwaySent || c.closed || c.draining {
+		c.mu.Unlock()
+		return
+	}
+	if c.role == Server && code == http2.ErrCodeNo {
+		// The first phase: no stream is refused yet, and the PING's
+		// answer proves that the client has seen the GOAWAY, so that
+		// every stream it opened before is counted in the second.
+		c.draining = true
+		c.control = append(c.control,
+			ctrlFrame{kind: ctrlGoAway, stream: 1<<31 - 1, code: code, debug: debug},
+			ctrlFrame{kind: ctrlPing, data: pingData(drainPing)})
+		c.mu.Unlock()
+		c.kick()
+		// A client that does not answer PINGs gets the second GOAWAY
+		// anyway.
+		time.AfterFunc(time.Second, func() { c.finishGoAway(code, debug) })
+		return
+	}
+	c.mu.Unlock()
+	c.finishGoAway(code, debug)
+}
+
+// drainPing marks the PING of a two-phase GOAWAY ("hgdrain" in ASCII).
+const drainPing uint64 = 0x6867647261696e00
+
+func pingData(v uint64) (b [8]byte) {
+	binary.BigEndian.PutUint64(b[:], v)
+	return b
+}
+
+// finishGoAway sends the GOAWAY that names the last stream processed, and
+// closes the connection at once if no stream is open, else when the last
+// one ends.
+func (c *Conn) finishGoAway(code http2.ErrCode, debug string) {
 	c.mu.Lock()
 	if c.goAwaySent || c.closed {
 		c.mu.Unlock()
