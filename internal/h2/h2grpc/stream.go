@@ -109,8 +109,10 @@ func (c codecV1) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 }
 
-func (c codecV1) Unmarshal(data mem.BufferSlice, v any) error { return c.c.Unmarshal(data.Materialize(), v) }
-func (c codecV1) Name() string                                { return c.c.Name() }
+func (c codecV1) Unmarshal(data mem.BufferSlice, v any) error {
+	return c.c.Unmarshal(data.Materialize(), v)
+}
+func (c codecV1) Name() string { return c.c.Name() }
 
 // streamConfig is what a channel gives each of its calls.
 type streamConfig struct {
@@ -137,15 +139,15 @@ type clientStream struct {
 	mu sync.Mutex // guards the fields below
 	// in[off:] are the bytes received and not yet taken by RecvMsg; the
 	// stream's window bounds them.
-	in          []byte
-	off         int
-	gotHeaders  bool
-	header      metadata.MD
-	trailer     metadata.MD
-	st          *status.Status // the call's status; nil until known
-	unsent      int            // bytes queued by SendMsg and not yet written
-	sentLast    bool           // END_STREAM queued
-	headerShut  bool           // headerReady is closed
+	in         []byte
+	off        int
+	gotHeaders bool
+	header     metadata.MD
+	trailer    metadata.MD
+	st         *status.Status // the call's status; nil until known
+	unsent     int            // bytes queued by SendMsg and not yet written
+	sentLast   bool           // END_STREAM queued
+	headerShut bool           // headerReady is closed
 
 	// The caller's alone (RecvMsg is not called concurrently, per
 	// grpc.ClientStream).
