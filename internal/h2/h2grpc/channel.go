@@ -315,7 +315,7 @@ func (ch *Channel) sleep(d time.Duration) bool {
 // dial makes one connection and waits for its HTTP/2 handshake: READY is
 // the peer's SETTINGS, not a TCP connection. goaway is signalled when the
 // backend sends GOAWAY.
-func (ch *Channel) dial() (c *h2.Conn, goaway <-chan struct{}, err error) {
+func (ch *Channel) dial() (*h2.Conn, <-chan struct{}, error) {
 	ctx, cancel := context.WithTimeout(ch.ctx, ch.cfg.ConnectTimeout)
 	defer cancel()
 	nc, err := ch.cfg.Dial(ctx)
@@ -331,7 +331,7 @@ func (ch *Channel) dial() (c *h2.Conn, goaway <-chan struct{}, err error) {
 		}
 		signal(ga)
 	}
-	c = h2.NewConn(nc, h2.Client, cfg)
+	c := h2.NewConn(nc, h2.Client, cfg)
 	ready := make(chan struct{})
 	c.SetOnReady(func() { close(ready) })
 	deadline, _ := ctx.Deadline()
