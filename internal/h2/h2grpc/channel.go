@@ -197,11 +197,26 @@ func (ch *Channel) Sever() bool {
 		select {
 		case <-c.Done():
 		default:
+			// Out of READY before the connection closes: no call may
+			// pick it in between.
+			ch.lost(c)
 			c.Close()
 			severed = true
 		}
 	}
 	return severed
+}
+
+// lost takes c out of READY if it is the connection calls go to. The
+// connecting goroutine would see it too, a moment later; GOAWAY and Sever
+// say it at once.
+func (ch *Channel) lost(c *h2.Conn) {
+	ch.mu.Lock()
+	if ch.conn == c {
+		ch.conn = nil
+		ch.setStateLocked(connectivity.Connecting)
+	}
+	ch.mu.Unlock()
 }
 
 // Close shuts the channel down: its connections close, the calls on them
@@ -325,13 +340,17 @@ func (ch *Channel) dial() (*h2.Conn, <-chan struct{}, error) {
 	ga := make(chan struct{}, 1)
 	cfg := ch.cfg.H2
 	user := cfg.OnGoAway
+	var c *h2.Conn
 	cfg.OnGoAway = func(last uint32, code http2.ErrCode) {
 		if user != nil {
 			user(last, code)
 		}
+		// On the connection's reader goroutine: lost takes only the
+		// channel's lock, never held while waiting.
+		ch.lost(c)
 		signal(ga)
 	}
-	c := h2.NewConn(nc, h2.Client, cfg)
+	c = h2.NewConn(nc, h2.Client, cfg)
 	ready := make(chan struct{})
 	c.SetOnReady(func() { close(ready) })
 	deadline, _ := ctx.Deadline()
@@ -378,6 +397,9 @@ func (ch *Channel) ready(ctx context.Context, waitForReady bool) (*h2.Conn, erro
 		}
 		if !waitForReady {
 			msg := "h2grpc: backend connection is " + st.String()
+			if c != nil {
+				msg = "h2grpc: backend connection is closing"
+			}
 			if lastErr != nil {
 				msg += ": " + lastErr.Error()
 			}

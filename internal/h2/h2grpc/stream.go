@@ -357,7 +357,13 @@ func (cs *clientStream) Reset(s *h2.Stream, code http2.ErrCode, err error) {
 	case err != nil:
 		st = status.Newf(codes.Unavailable, "h2grpc: connection lost: %v", err)
 	default:
-		st = status.Newf(resetCode(code), "stream terminated by RST_STREAM with error code: %s", code)
+		c := resetCode(code)
+		if d, ok := cs.ctx.Deadline(); ok && c == codes.Canceled && !time.Now().Before(d) {
+			// The server's copy of the deadline (grpc-timeout) ran out
+			// first: the call's own deadline is why, as grpc-go says.
+			c = codes.DeadlineExceeded
+		}
+		st = status.Newf(c, "stream terminated by RST_STREAM with error code: %s", code)
 	}
 	cs.fail(s, st, code)
 }
