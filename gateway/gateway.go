@@ -133,7 +133,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	g.front = g.srv
 	if cfg.Proxy.Engine == proxycfg.EngineRelay {
-		g.local = &localUpstream{lis: h2.NewPipeListener(), ready: make(chan struct{})}
+		g.local = &localUpstream{lis: h2.NewPipeListener()}
 		g.relay = px.NewRelay(proxy.RelayConfig{
 			Local:     map[string]proxy.RelayUpstream{healthpb.Health_ServiceDesc.ServiceName: g.local},
 			UserAgent: "healthgate/" + Version,
@@ -466,13 +466,6 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 			g.local.run(runCtx)
 			wg.Wait()
 		}()
-		// Clients are served once the in-process connection is up: a
-		// client's first health call would otherwise find none, and a
-		// handshake over a pipe takes microseconds.
-		select {
-		case <-g.local.ready:
-		case <-ctx.Done():
-		}
 	} else {
 		close(localDone)
 	}
@@ -590,12 +583,9 @@ type front interface {
 // localUpstream is the relay's way to the gateway's own grpc.Server: an
 // HTTP/2 connection in memory, kept up until the gateway stops.
 type localUpstream struct {
-	lis *h2.PipeListener
-	// ready is closed when the first connection is up.
-	ready     chan struct{}
-	readyOnce sync.Once
-	mu        sync.Mutex
-	conn      *h2.Conn
+	lis  *h2.PipeListener
+	mu   sync.Mutex
+	conn *h2.Conn
 }
 
 func (l *localUpstream) Addr() string       { return "in-process" }
@@ -621,7 +611,6 @@ func (l *localUpstream) run(ctx context.Context) {
 			l.mu.Lock()
 			l.conn = c
 			l.mu.Unlock()
-			l.readyOnce.Do(func() { close(l.ready) })
 		})
 		stop := context.AfterFunc(ctx, c.Close)
 		_ = c.Serve(time.Time{})
