@@ -421,6 +421,18 @@ func (cs *clientStream) CloseSend() error {
 // queued and not written. io.EOF says the call has ended; RecvMsg tells
 // how.
 func (cs *clientStream) SendMsg(m any) error {
+	err := cs.sendMsg(m)
+	if err == io.EOF && !cs.desc.ClientStreams {
+		// As grpc-go: a call whose request is one message learns how it
+		// ended from RecvMsg, and generated code gives up on any error
+		// from SendMsg, so the server's early answer (a trailers-only
+		// UNIMPLEMENTED) must not surface here as io.EOF.
+		return nil
+	}
+	return err
+}
+
+func (cs *clientStream) sendMsg(m any) error {
 	cs.mu.Lock()
 	sentLast, ended := cs.sentLast, cs.st != nil
 	cs.mu.Unlock()
