@@ -111,6 +111,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		Events:      g.metrics,
 		Connect:     g.connect,
 		RelayConns:  cfg.Proxy.Engine == proxycfg.EngineRelay,
+		UserAgent:   "healthgate/" + Version,
 	}, logger)
 	if err != nil {
 		return nil, err

@@ -1,8 +1,6 @@
 package healthcheck
 
 import (
-	"github.com/healthgate/healthgate/internal/h2"
-
 	"context"
 	"fmt"
 	"log/slog"
@@ -17,7 +15,34 @@ import (
 	"google.golang.org/grpc/connectivity"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/healthgate/healthgate/internal/h2/h2grpc"
 )
+
+// backendConn is what a Handle needs of its backend's connection: calls,
+// its state, and a way to cut it. A *grpc.ClientConn with its connTracker
+// is one (the grpc engine's); an *h2grpc.Channel is the other (the relay
+// engine's, whose connection carries the relayed calls too).
+type backendConn interface {
+	grpc.ClientConnInterface
+	GetState() connectivity.State
+	WaitForStateChange(context.Context, connectivity.State) bool
+	Connect()
+	Close() error
+	// Sever closes the connection in use and reports whether one was
+	// open: the calls on it fail now, and it is dialled again.
+	Sever() bool
+	// LastErr is why the latest attempt to connect failed; nil if it did
+	// not.
+	LastErr() error
+}
+
+// grpcConn is the grpc engine's backendConn: grpc-go's connection, and the
+// tracker of the TCP connections it dials.
+type grpcConn struct {
+	*grpc.ClientConn
+	*connTracker
+}
 
 // Handle is one backend: its address's connection, shared by every route
 // that lists the address and carrying both the proxied calls and the health
@@ -26,12 +51,14 @@ import (
 // routability from the published State, never from the connection.
 type Handle struct {
 	addr string
-	cc   *grpc.ClientConn
-	c    *Checker
-	log  *slog.Logger
-	// tracker dialed cc's current TCP connection, and can cut it when the
-	// backend stops answering on it.
-	tracker *connTracker
+	// cc is the backend's one connection: the proxied calls (the grpc
+	// engine's; the relay engine's go through relay.Conn), the Watches and
+	// the liveness probe.
+	cc  backendConn
+	c   *Checker
+	log *slog.Logger
+	// relay is cc with the relay engine; nil with the grpc engine.
+	relay *h2grpc.Channel
 	// transport is how cc dials: plaintext or TLS.
 	transport transport
 	// ctx is the backend's lifetime: cancelled by close, it ends the
@@ -71,8 +98,6 @@ type Handle struct {
 	// stopProbe ends the liveness probe of the current connection.
 	stopProbe context.CancelFunc
 	watches   map[string]*watch
-	// relay is the relay engine's connection, once its handshake is done.
-	relay *h2.Conn
 }
 
 // watch is the health of one health-service name on one backend.
@@ -99,37 +124,49 @@ type health struct {
 }
 
 func (c *Checker) newHandle(ctx context.Context, addr string, t transport) (*Handle, error) {
-	// passthrough: the address is already resolved by discovery, and a DNS
-	// resolver per backend would only add goroutines and delay.
-	tracker := &connTracker{}
-	opts := append(slices.Clip(c.cfg.DialOptions), grpc.WithContextDialer(tracker.Dialer()))
-	creds, err := t.creds(c.cfg.Connect)
-	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", addr, err)
-	}
-	if creds != nil {
-		// After the configured options: it replaces their credentials.
-		opts = append(opts, grpc.WithTransportCredentials(trackedCreds{creds, tracker}))
-	}
-	cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", addr, err)
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	b := &Handle{
-		addr: addr, cc: cc, c: c, ctx: ctx, cancel: cancel, tracker: tracker, transport: t,
+		addr: addr, c: c, ctx: ctx, cancel: cancel, transport: t,
 		log:        c.log.With("addr", addr),
 		connReason: "connecting",
 		alive:      true,
 		watches:    map[string]*watch{},
 	}
+	var err error
+	if c.cfg.RelayConns {
+		b.relay, err = b.newRelayChannel()
+		b.cc = b.relay
+	} else {
+		b.cc, err = c.newGRPCConn(addr, t)
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("connect %s: %w", addr, err)
+	}
 	b.wg.Add(1)
 	go b.monitor()
-	if c.cfg.RelayConns {
-		b.wg.Add(1)
-		go b.relayLoop()
-	}
 	return b, nil
+}
+
+// newGRPCConn is the grpc engine's connection to addr.
+func (c *Checker) newGRPCConn(addr string, t transport) (backendConn, error) {
+	tracker := &connTracker{}
+	opts := append(slices.Clip(c.cfg.DialOptions), grpc.WithContextDialer(tracker.Dialer()))
+	creds, err := t.creds(c.cfg.Connect)
+	if err != nil {
+		return nil, err
+	}
+	if creds != nil {
+		// After the configured options: it replaces their credentials.
+		opts = append(opts, grpc.WithTransportCredentials(trackedCreds{creds, tracker}))
+	}
+	// passthrough: the address is already resolved by discovery, and a DNS
+	// resolver per backend would only add goroutines and delay.
+	cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return grpcConn{cc, tracker}, nil
 }
 
 // Addr is the backend's address, host:port.
@@ -212,10 +249,6 @@ func (b *Handle) monitor() {
 func (b *Handle) setConn(st connectivity.State) {
 	ready := st == connectivity.Ready
 	b.mu.Lock()
-	// With the relay engine, calls travel the relay's own connection: the
-	// backend is connected when both are.
-	relayDown := ready && b.c.cfg.RelayConns && b.relay == nil
-	ready = ready && !relayDown
 	wasReady := b.ready
 	b.ready = ready
 	switch {
@@ -235,10 +268,7 @@ func (b *Handle) setConn(st connectivity.State) {
 		// Every change while not ready is news for /backends: connecting,
 		// refused (TRANSIENT_FAILURE), idle after a GOAWAY.
 		b.connReason = "connection " + st.String()
-		if relayDown {
-			b.connReason = "relay connection not up"
-		}
-		if err := b.tracker.LastErr(); st == connectivity.TransientFailure && err != nil {
+		if err := b.cc.LastErr(); st == connectivity.TransientFailure && err != nil {
 			b.connReason += ": " + err.Error()
 		}
 		if !b.alive {
@@ -299,10 +329,7 @@ func (b *Handle) startProbeLocked() {
 				return
 			}
 			b.setAlive(alive, reason)
-			if !alive {
-				b.closeRelay()
-			}
-			if !alive && b.tracker.Sever() {
+			if !alive && b.cc.Sever() {
 				// As grpc's keepalive does: the calls in flight on a
 				// backend that stopped answering fail now, UNAVAILABLE,
 				// not at their deadlines, and grpc reconnects.

@@ -1,9 +1,10 @@
 // Package healthcheck turns the endpoints that discovery reports into the
 // gateway's routing table.
 //
-// It owns the backends: one *grpc.ClientConn per address, shared by every
-// route that lists the address and carrying both the proxied calls and the
-// health checks, and on it one grpc.health.v1.Health/Watch stream per
+// It owns the backends: one connection per address (a *grpc.ClientConn
+// with the grpc engine, the relay's own HTTP/2 connection with the relay
+// engine), shared by every route that lists the address and carrying both
+// the proxied calls and the health checks, and on it one grpc.health.v1.Health/Watch stream per
 // health-service name, started only while the connection is READY (the
 // client-side health checking of gRPC proposal A17, done once for all the
 // gateway's clients). One step folds everything that decides routability
@@ -70,9 +71,15 @@ type Config struct {
 	// Connect, if set, is the gateway's Connect identity, for backends
 	// that are Connect-native or on a connect route.
 	Connect ConnectIdentity
-	// RelayConns keeps an HTTP/2 connection of the relay engine's to each
-	// backend (Handle.RelayConn).
+	// RelayConns makes each backend's connection one of the relay
+	// engine's (Handle.RelayConn), carrying the Watches and the liveness
+	// probe too; DialOptions are then not used. Off, it is a grpc-go
+	// connection.
 	RelayConns bool
+	// UserAgent is the user-agent of the health checks on relay
+	// connections; empty sends none. A grpc-go connection's comes from
+	// DialOptions.
+	UserAgent string
 }
 
 func minHealthy(rc RouteConfig) int { return rc.WithDefaults().MinHealthy }

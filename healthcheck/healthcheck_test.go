@@ -27,6 +27,7 @@ import (
 	"github.com/healthgate/healthgate/discovery"
 	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/internal/testutil"
+	"github.com/healthgate/healthgate/proxy/proxycfg"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -196,12 +197,15 @@ func dialOptions() []grpc.DialOption {
 
 // startChecker runs a checker on src until the test ends and records what
 // it publishes. Zero DialOptions means dialOptions(); a nil logger logs
-// into the test's log.
+// into the test's log. The backends' connections are those of the first
+// engine of the run (testutil.Engines): HEALTHGATE_ENGINES=relay runs the
+// package over the relay's connections.
 func startChecker(t *testing.T, cfg healthcheck.Config, src discovery.Source, logger *slog.Logger) *states {
 	t.Helper()
 	if cfg.DialOptions == nil {
 		cfg.DialOptions = dialOptions()
 	}
+	cfg.RelayConns = cfg.RelayConns || testutil.Engines(t)[0] == proxycfg.EngineRelay
 	if logger == nil {
 		logger = testutil.Logger(t)
 	}

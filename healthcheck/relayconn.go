@@ -4,67 +4,62 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"time"
 
 	"github.com/healthgate/healthgate/internal/h2"
+	"github.com/healthgate/healthgate/internal/h2/h2grpc"
 )
 
-// The relay engine's connection to a backend: an HTTP/2 connection of the
-// gateway's own (internal/h2), kept beside the grpc-go connection that
-// carries the health Watch and the liveness probe, dialled with the same
-// transport, and closed with it when the backend stops answering.
+// The relay engine's connection to a backend: one HTTP/2 connection of the
+// gateway's own (internal/h2), kept up by an h2grpc.Channel, that carries
+// the relayed calls, the health Watches and the liveness probe. The health
+// signal then travels the path the traffic does, and the backend's
+// routability is that connection's state: there is no second connection
+// whose state could disagree with it.
+
+// Relay connection settings, those of BackendDialOptions for the grpc
+// engine's connections: a backend that restarts is back in well under a
+// second, one that stays down is tried every 5s at most.
+const (
+	relayBackoffBase    = 100 * time.Millisecond
+	relayBackoffMax     = 5 * time.Second
+	relayConnectTimeout = 5 * time.Second
+)
 
 // RelayConn is the backend's HTTP/2 connection for the relay engine, if
-// one is up and takes new streams; nil otherwise. It never blocks.
+// it is READY and takes new streams; nil otherwise (and always with the
+// grpc engine). It never blocks.
 func (b *Handle) RelayConn() *h2.Conn {
-	b.mu.Lock()
-	c := b.relay
-	b.mu.Unlock()
-	if c == nil || !c.CanOpen() {
+	if b.relay == nil {
 		return nil
 	}
-	return c
+	return b.relay.Conn()
 }
 
-// relayLoop keeps a relay connection up until the backend is closed,
-// dialling again with a jittered backoff after each one ends.
-func (b *Handle) relayLoop() {
-	defer b.wg.Done()
+// newRelayChannel is the relay engine's connection to the backend, IDLE
+// until the monitor connects it.
+func (b *Handle) newRelayChannel() (*h2grpc.Channel, error) {
 	tc, err := b.transport.tlsConfig(b.c.cfg.Connect)
 	if err != nil {
-		b.log.Error("relay connection: cannot dial the backend", "err", err)
-		return
+		return nil, err
 	}
 	if tc != nil {
 		tc = tc.Clone()
 		tc.NextProtos = []string{"h2"}
 		if tc.ServerName == "" && !tc.InsecureSkipVerify {
+			// As grpc-go's credentials do: the name checked is the host
+			// of the address dialled.
 			host, _, _ := net.SplitHostPort(b.addr)
 			tc.ServerName = host
 		}
 	}
-	failures := 0
-	for b.ctx.Err() == nil {
-		nc, err := b.dialRelay(tc)
-		if err != nil {
-			failures++
-			b.log.Debug("relay connection failed", "err", err, "failures", failures)
-			d := min(100*time.Millisecond<<min(failures, 6), 5*time.Second)
-			d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
-			t := time.NewTimer(d)
-			select {
-			case <-b.ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			continue
-		}
-		failures = 0
-		c := h2.NewConn(nc, h2.Client, h2.Config{
+	return h2grpc.New(h2grpc.Config{
+		Dial:      func(ctx context.Context) (net.Conn, error) { return b.dialRelay(ctx, tc) },
+		Authority: b.addr,
+		UserAgent: b.c.cfg.UserAgent,
+		H2: h2.Config{
 			// A backend connection is shared by every client's calls to
 			// the backend: its connection window must not let one slow
 			// client stall them all (B81); each stream's window bounds
@@ -73,32 +68,18 @@ func (b *Handle) relayLoop() {
 			StreamWindow:        1 << 20,
 			ConnWindow:          16 << 20,
 			Logger:              b.log,
-		})
-		c.SetOnReady(func() {
-			b.mu.Lock()
-			b.relay = c
-			b.mu.Unlock()
-			b.setConn(b.cc.GetState())
-		})
-		stop := context.AfterFunc(b.ctx, c.Close)
-		err = c.Serve(time.Now().Add(10 * time.Second))
-		stop()
-		b.mu.Lock()
-		wasUp := b.relay == c
-		if wasUp {
-			b.relay = nil
-		}
-		b.mu.Unlock()
-		if wasUp && b.ctx.Err() == nil {
-			b.setConn(b.cc.GetState())
-		}
-		b.log.Debug("relay connection closed", "err", err)
-	}
+		},
+		BackoffBase:    relayBackoffBase,
+		BackoffMax:     relayBackoffMax,
+		ConnectTimeout: relayConnectTimeout,
+		Logger:         b.log,
+	})
 }
 
-func (b *Handle) dialRelay(tc *tls.Config) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
-	defer cancel()
+// dialRelay makes one TCP connection to the backend, with TLS (ALPN h2)
+// when tc is not nil. Its errors say which step failed: they are the
+// backend's reason in /backends while it cannot be reached.
+func (b *Handle) dialRelay(ctx context.Context, tc *tls.Config) (net.Conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", b.addr)
 	if err != nil {
@@ -108,6 +89,9 @@ func (b *Handle) dialRelay(tc *tls.Config) (net.Conn, error) {
 		return nc, nil
 	}
 	if b.transport.connect {
+		// The first connection to a Connect backend may be made before
+		// the agent has given the gateway its certificate: wait for it,
+		// within the attempt, rather than fail and back off.
 		if err := b.c.cfg.Connect.Ready(ctx); err != nil {
 			nc.Close()
 			return nil, err
@@ -123,15 +107,4 @@ func (b *Handle) dialRelay(tc *tls.Config) (net.Conn, error) {
 		return nil, fmt.Errorf("the backend does not speak h2 over TLS (ALPN %q)", p)
 	}
 	return t, nil
-}
-
-// closeRelay cuts the relay connection, as the liveness probe cuts the
-// grpc-go one: its calls fail at once, and it is dialled again.
-func (b *Handle) closeRelay() {
-	b.mu.Lock()
-	c := b.relay
-	b.mu.Unlock()
-	if c != nil {
-		c.Close()
-	}
 }
