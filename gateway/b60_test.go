@@ -116,59 +116,61 @@ func servedSerial(t *testing.T, addr string, pool *x509.CertPool) int64 {
 // reaches new connections within seconds, while a stream opened before
 // keeps working; a plaintext client is refused.
 func TestB60_TLSListenerReloadsCertificates(t *testing.T) {
-	ca := newTestCA(t)
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "gw.pem"), filepath.Join(dir, "gw.key")
-	c1, k1 := ca.issue(t, 100, false)
-	writeFile(t, certFile, c1)
-	writeFile(t, keyFile, k1)
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		ca := newTestCA(t)
+		dir := t.TempDir()
+		certFile, keyFile := filepath.Join(dir, "gw.pem"), filepath.Join(dir, "gw.key")
+		c1, k1 := ca.issue(t, 100, false)
+		writeFile(t, certFile, c1)
+		writeFile(t, keyFile, k1)
 
-	b := testutil.StartBackend(t)
-	cfg := config.Config{
-		Routes:    []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}},
-		ListenTLS: proxycfg.ListenTLS{CertFile: certFile, KeyFile: keyFile},
-	}
-	h := startGateway(t, cfg)
-	h.routable(t, testutil.TestService, 1)
+		b := testutil.StartBackend(t)
+		cfg := config.Config{
+			Routes:    []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}},
+			ListenTLS: proxycfg.ListenTLS{CertFile: certFile, KeyFile: keyFile},
+		}
+		h := e.start(t, cfg)
+		h.routable(t, testutil.TestService, 1)
 
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca.pem)
-	cc, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	stream, err := testutil.RawStream(t.Context(), cc, "/test.Svc/Echo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := testutil.Echo(stream, "over TLS"); err != nil {
-		t.Fatalf("a call over TLS: %v", err)
-	}
-	if got := servedSerial(t, h.addr, pool); got != 100 {
-		t.Fatalf("served certificate serial %d, want 100", got)
-	}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(ca.pem)
+		cc, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		stream, err := testutil.RawStream(t.Context(), cc, "/test.Svc/Echo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := testutil.Echo(stream, "over TLS"); err != nil {
+			t.Fatalf("a call over TLS: %v", err)
+		}
+		if got := servedSerial(t, h.addr, pool); got != 100 {
+			t.Fatalf("served certificate serial %d, want 100", got)
+		}
 
-	c2, k2 := ca.issue(t, 200, false)
-	writeFile(t, certFile, c2)
-	writeFile(t, keyFile, k2)
-	replaced := time.Now()
-	testutil.WaitFor(t, 10*time.Second, "new connections to get the replaced certificate", func() bool {
-		return servedSerial(t, h.addr, pool) == 200
+		c2, k2 := ca.issue(t, 200, false)
+		writeFile(t, certFile, c2)
+		writeFile(t, keyFile, k2)
+		replaced := time.Now()
+		testutil.WaitFor(t, 10*time.Second, "new connections to get the replaced certificate", func() bool {
+			return servedSerial(t, h.addr, pool) == 200
+		})
+		t.Logf("replaced certificate served %v after the files changed", time.Since(replaced).Round(time.Millisecond))
+		if err := testutil.Echo(stream, "the old stream"); err != nil {
+			t.Fatalf("the stream opened before the renewal: %v", err)
+		}
+		var p peer.Peer
+		if _, err := testutil.Unary(t.Context(), cc, "/test.Svc/Echo", []byte("x"), grpc.Peer(&p)); err != nil {
+			t.Fatalf("a new call after the renewal: %v", err)
+		}
+
+		plain := testutil.Dial(t, h.addr)
+		if _, err := testutil.Unary(t.Context(), plain, "/test.Svc/Echo", []byte("x")); err == nil {
+			t.Fatal("a plaintext client was served by a TLS listener")
+		}
 	})
-	t.Logf("replaced certificate served %v after the files changed", time.Since(replaced).Round(time.Millisecond))
-	if err := testutil.Echo(stream, "the old stream"); err != nil {
-		t.Fatalf("the stream opened before the renewal: %v", err)
-	}
-	var p peer.Peer
-	if _, err := testutil.Unary(t.Context(), cc, "/test.Svc/Echo", []byte("x"), grpc.Peer(&p)); err != nil {
-		t.Fatalf("a new call after the renewal: %v", err)
-	}
-
-	plain := testutil.Dial(t, h.addr)
-	if _, err := testutil.Unary(t.Context(), plain, "/test.Svc/Echo", []byte("x")); err == nil {
-		t.Fatal("a plaintext client was served by a TLS listener")
-	}
 }
 
 // TestB61_ClientCertificateRequired: with a client CA and
@@ -176,62 +178,64 @@ func TestB60_TLSListenerReloadsCertificates(t *testing.T) {
 // the handshake and one with a certificate from the CA is served, its
 // verified identity (URI SAN) in the access log.
 func TestB61_ClientCertificateRequired(t *testing.T) {
-	ca := newTestCA(t)
-	dir := t.TempDir()
-	certFile, keyFile, caFile := filepath.Join(dir, "gw.pem"), filepath.Join(dir, "gw.key"), filepath.Join(dir, "ca.pem")
-	c1, k1 := ca.issue(t, 100, false)
-	writeFile(t, certFile, c1)
-	writeFile(t, keyFile, k1)
-	writeFile(t, caFile, ca.pem)
-	b := testutil.StartBackend(t)
-	var logs lockedBuffer
-	h := startGatewayLog(t, config.Config{
-		Routes:    []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}},
-		ListenTLS: proxycfg.ListenTLS{CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile, RequireClientCert: true},
-		Log:       config.Log{Access: true},
-	}, slog.New(slog.NewTextHandler(&logs, nil)))
-	h.routable(t, testutil.TestService, 1)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca.pem)
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		ca := newTestCA(t)
+		dir := t.TempDir()
+		certFile, keyFile, caFile := filepath.Join(dir, "gw.pem"), filepath.Join(dir, "gw.key"), filepath.Join(dir, "ca.pem")
+		c1, k1 := ca.issue(t, 100, false)
+		writeFile(t, certFile, c1)
+		writeFile(t, keyFile, k1)
+		writeFile(t, caFile, ca.pem)
+		b := testutil.StartBackend(t)
+		var logs lockedBuffer
+		h := e.startLog(t, config.Config{
+			Routes:    []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}},
+			ListenTLS: proxycfg.ListenTLS{CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile, RequireClientCert: true},
+			Log:       config.Log{Access: true},
+		}, slog.New(slog.NewTextHandler(&logs, nil)))
+		h.routable(t, testutil.TestService, 1)
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(ca.pem)
 
-	anon, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer anon.Close()
-	if _, err := testutil.Unary(t.Context(), anon, "/test.Svc/Echo", []byte("x")); err == nil {
-		t.Fatal("a client without a certificate was served")
-	}
+		anon, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer anon.Close()
+		if _, err := testutil.Unary(t.Context(), anon, "/test.Svc/Echo", []byte("x")); err == nil {
+			t.Fatal("a client without a certificate was served")
+		}
 
-	other := newTestCA(t)
-	oc, ok := other.issue(t, 7, true)
-	stranger, err := tls.X509KeyPair(oc, ok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{stranger}})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bad.Close()
-	if _, err := testutil.Unary(t.Context(), bad, "/test.Svc/Echo", []byte("x")); err == nil {
-		t.Fatal("a client with a certificate from another CA was served")
-	}
+		other := newTestCA(t)
+		oc, ok := other.issue(t, 7, true)
+		stranger, err := tls.X509KeyPair(oc, ok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{stranger}})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bad.Close()
+		if _, err := testutil.Unary(t.Context(), bad, "/test.Svc/Echo", []byte("x")); err == nil {
+			t.Fatal("a client with a certificate from another CA was served")
+		}
 
-	cc, ck := ca.issue(t, 8, true)
-	mine, err := tls.X509KeyPair(cc, ck)
-	if err != nil {
-		t.Fatal(err)
-	}
-	good, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{mine}})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer good.Close()
-	if _, err := testutil.Unary(t.Context(), good, "/test.Svc/Echo", []byte("x")); err != nil {
-		t.Fatalf("a client with a certificate from the CA: %v", err)
-	}
-	testutil.WaitFor(t, 10*time.Second, "the access log line with the client's identity", func() bool {
-		return strings.Contains(logs.String(), "client=spiffe://healthgate.test/client")
+		cc, ck := ca.issue(t, 8, true)
+		mine, err := tls.X509KeyPair(cc, ck)
+		if err != nil {
+			t.Fatal(err)
+		}
+		good, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{mine}})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer good.Close()
+		if _, err := testutil.Unary(t.Context(), good, "/test.Svc/Echo", []byte("x")); err != nil {
+			t.Fatalf("a client with a certificate from the CA: %v", err)
+		}
+		testutil.WaitFor(t, 10*time.Second, "the access log line with the client's identity", func() bool {
+			return strings.Contains(logs.String(), "client=spiffe://healthgate.test/client")
+		})
 	})
 }

@@ -129,7 +129,13 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		return nil, err
 	}
 	g.proxy = px
-	g.srv = grpc.NewServer(append(px.ServerOptions(), serverOptions()...)...)
+	if cfg.Proxy.Engine == proxycfg.EngineRelay {
+		// Reached only in memory, behind the relay, which terminates TLS
+		// and enforces the limits: a server for the health service alone.
+		g.srv = grpc.NewServer(serverOptions()...)
+	} else {
+		g.srv = grpc.NewServer(append(px.ServerOptions(), serverOptions()...)...)
+	}
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	g.front = g.srv
 	if cfg.Proxy.Engine == proxycfg.EngineRelay {
@@ -610,7 +616,19 @@ func (l *localUpstream) RelayConn() *h2.Conn {
 }
 
 func (l *localUpstream) run(ctx context.Context) {
-	for ctx.Err() == nil {
+	for first := true; ctx.Err() == nil; first = false {
+		if !first {
+			// Never expected: a connection in memory to our own server
+			// ends only when the gateway stops. Should it, a pause keeps
+			// a failing one from spinning.
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
 		nc, err := l.lis.Dial()
 		if err != nil {
 			return
