@@ -57,6 +57,7 @@ var allWorkloads = []workload{
 	{name: "unary-c50-tls", title: "unary-c50 over TLS 1.3 from the client, terminated by the peer, h2c to the backend: proxy CPU per RPC with TLS", kind: "unary", conns: 10, conc: 50, size: 100, unit: "QPS", tls: true},
 	{name: "stream-c50", title: "bidi stream, 50 streams over 10 connections, each echoing one 100 B message at a time", kind: "stream", conns: 10, conc: 50, size: 100, unit: "msg/s"},
 	{name: "unary-1mib", title: "unary 1 MiB echoed, 8 calls in flight over 4 connections (MB/s of replies)", kind: "unary", conns: 4, conc: 8, size: 1 << 20, unit: "MB/s"},
+	{name: "unary-c500", title: "unary 100 B, 500 calls in flight over 100 connections: many clients at once", kind: "unary", conns: 100, conc: 500, size: 100, unit: "QPS"},
 }
 
 type options struct {
@@ -67,9 +68,13 @@ type options struct {
 	warmup    time.Duration
 	duration  time.Duration
 	profile   bool
-	out       string
-	repo      string
-	keepTmp   bool
+	// profilePeers are the healthgate peers profiled when profile is set.
+	profilePeers []string
+	// profileWorkload is the load the profiles are taken under.
+	profileWorkload workload
+	out             string
+	repo            string
+	keepTmp         bool
 }
 
 func main() {
@@ -110,19 +115,22 @@ func run() int {
 
 func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	mode := fs.String("mode", "quick", "quick (1 repetition, 2s windows, under 2 min) or full (3 repetitions, 5s windows, under 10 min)")
-	peers := fs.String("peers", strings.Join(allPeers, ","), "comma-separated peers to measure")
+	mode := fs.String("mode", "quick", "quick (1 repetition, 2s windows, about 2 min) or full (3 repetitions, 5s windows, about 12 min)")
+	peers := fs.String("peers", strings.Join(allPeers, ","), "comma-separated peers to measure; healthgate means both healthgate-relay and healthgate-grpc")
 	wls := fs.String("workloads", "", "comma-separated workloads (default all: "+strings.Join(workloadNames(), ",")+")")
 	reps := fs.Int("reps", 0, "repetitions (default by -mode)")
 	warmup := fs.Duration("warmup", 0, "warm-up before each window (default by -mode)")
 	duration := fs.Duration("duration", 0, "measured window (default by -mode)")
-	profile := fs.Bool("profile", false, "also capture a pprof CPU profile of healthgate under the unary-c50 load")
+	profile := fs.Bool("profile", false, "also capture a pprof CPU profile of each healthgate peer under -profile-workload, one extra run each")
+	profilePeers := fs.String("profile-peers", "", "healthgate peers to profile (implies -profile; default every healthgate peer among -peers)")
+	profileWorkload := fs.String("profile-workload", "unary-c50", "the workload the profiles are taken under")
 	out := fs.String("out", "results", "directory for the JSON lines, tables and profiles")
 	repo := fs.String("repo", "..", "healthgate repository root (where ./cmd/healthgate is)")
 	keepTmp := fs.Bool("keep-tmp", false, "keep the temp dir with the peers' configs and logs, and print where it is")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
+	var err error
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
@@ -138,23 +146,33 @@ func parseFlags(args []string) (options, error) {
 	if o.reps < 1 || o.warmup < 0 || o.duration <= 0 {
 		return o, errors.New("-reps must be at least 1 and -duration positive")
 	}
-	for _, p := range strings.Split(*peers, ",") {
-		p = strings.TrimSpace(p)
-		if p == "" {
-			continue
-		}
-		if !slices.Contains(allPeers, p) {
-			return o, fmt.Errorf("-peers: unknown peer %q (known: %s)", p, strings.Join(allPeers, ", "))
-		}
-		if !slices.Contains(o.peers, p) {
-			o.peers = append(o.peers, p)
-		}
+	if o.peers, err = parsePeers("-peers", *peers); err != nil {
+		return o, err
 	}
 	if len(o.peers) == 0 {
 		return o, errors.New("-peers: none given")
 	}
-	// Table order, whatever the order given.
-	slices.SortFunc(o.peers, func(a, b string) int { return slices.Index(allPeers, a) - slices.Index(allPeers, b) })
+	if *profilePeers != "" {
+		o.profile = true
+		if o.profilePeers, err = parsePeers("-profile-peers", *profilePeers); err != nil {
+			return o, err
+		}
+		for _, p := range o.profilePeers {
+			if !isHealthgate(p) {
+				return o, fmt.Errorf("-profile-peers: %s is not a healthgate peer", p)
+			}
+			if !slices.Contains(o.peers, p) {
+				return o, fmt.Errorf("-profile-peers: %s is not among -peers", p)
+			}
+		}
+	} else if o.profile {
+		o.profilePeers = slices.DeleteFunc(slices.Clone(o.peers), func(p string) bool { return !isHealthgate(p) })
+	}
+	if i := slices.IndexFunc(allWorkloads, func(w workload) bool { return w.name == *profileWorkload }); i >= 0 {
+		o.profileWorkload = allWorkloads[i]
+	} else {
+		return o, fmt.Errorf("-profile-workload: unknown workload %q", *profileWorkload)
+	}
 	for _, w := range allWorkloads {
 		if *wls == "" || slices.Contains(strings.Split(*wls, ","), w.name) {
 			o.workloads = append(o.workloads, w)
@@ -166,6 +184,33 @@ func parseFlags(args []string) (options, error) {
 		}
 	}
 	return o, nil
+}
+
+// parsePeers reads a comma-separated list of peers, aliases expanded, in
+// table order whatever the order given.
+func parsePeers(flagName, list string) ([]string, error) {
+	var peers []string
+	for _, p := range strings.Split(list, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		names, alias := peerAliases[p]
+		if !alias {
+			if !slices.Contains(allPeers, p) {
+				return nil, fmt.Errorf("%s: unknown peer %q (known: %s; healthgate means %s)", flagName, p,
+					strings.Join(allPeers, ", "), strings.Join(peerAliases["healthgate"], " and "))
+			}
+			names = []string{p}
+		}
+		for _, n := range names {
+			if !slices.Contains(peers, n) {
+				peers = append(peers, n)
+			}
+		}
+	}
+	slices.SortFunc(peers, func(a, b string) int { return slices.Index(allPeers, a) - slices.Index(allPeers, b) })
+	return peers, nil
 }
 
 func workloadNames() []string {
@@ -230,7 +275,7 @@ func bench(ctx context.Context, o options) error {
 	if err := e.build(ctx, o, benchDir, repo); err != nil {
 		return err
 	}
-	if slices.ContainsFunc(o.workloads, func(w workload) bool { return w.tls }) {
+	if slices.ContainsFunc(o.workloads, func(w workload) bool { return w.tls }) || (len(o.profilePeers) > 0 && o.profileWorkload.tls) {
 		if err := e.writeCerts(); err != nil {
 			return err
 		}
@@ -279,11 +324,14 @@ func bench(ctx context.Context, o options) error {
 		}
 	}
 
-	if o.profile {
-		rep.profile = e.profileHealthgate(ctx, o, base)
+	for _, p := range o.profilePeers {
+		rep.profiles = append(rep.profiles, e.profileHealthgate(ctx, o, p, base))
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+	}
+	if o.profile && len(o.profilePeers) == 0 {
+		rep.profiles = append(rep.profiles, &profileResult{err: errors.New("no healthgate peer among -peers")})
 	}
 
 	text := rep.render()
@@ -316,7 +364,7 @@ func (e *env) build(ctx context.Context, o options, benchDir, repo string) error
 	for _, name := range []string{"backend", "grpcproxy", "loadgen"} {
 		e.bins[name] = filepath.Join(bin, name)
 	}
-	if !slices.Contains(o.peers, "healthgate") {
+	if !slices.ContainsFunc(o.peers, isHealthgate) {
 		return nil
 	}
 	e.bins["healthgate"] = filepath.Join(bin, "healthgate")
@@ -324,10 +372,12 @@ func (e *env) build(ctx context.Context, o options, benchDir, repo string) error
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		e.missing["healthgate"] = fmt.Sprintf("does not build: %v", err)
+		for p := range healthgatePeers {
+			e.missing[p] = fmt.Sprintf("does not build: %v", err)
+		}
 		return nil
 	}
-	if o.profile && !hasPprofFlag(ctx, e.bins["healthgate"]) {
+	if len(o.profilePeers) > 0 && !hasPprofFlag(ctx, e.bins["healthgate"]) {
 		overlay, err := writeProfileOverlay(e.tmp, repo)
 		if err != nil {
 			return err
@@ -481,7 +531,7 @@ func (e *env) runWorkload(ctx context.Context, o options, w workload, rep *repor
 				res.Workload, res.Peer, res.Rep = w.name, name, i
 				emit(*res)
 				rep.runs[w.name][name] = append(rep.runs[w.name][name], *res)
-				fmt.Fprintf(os.Stderr, "[%4.0fs] %-10s %d/%d %-10s %s\n", time.Since(began).Seconds(), w.name, i, o.reps, name, progressLine(w, res))
+				fmt.Fprintf(os.Stderr, "[%4.0fs] %-13s %d/%d %-16s %s\n", time.Since(began).Seconds(), w.name, i, o.reps, name, progressLine(w, res))
 				if res.Undrained {
 					note(name, fmt.Sprintf("run %d: calls in flight at the window's end did not finish in the load generator's drain time and were cancelled", i))
 				}

@@ -24,8 +24,26 @@ import (
 )
 
 // Peers in table order. direct is the client calling the backend itself: the
-// floor every proxy is compared with.
-var allPeers = []string{"direct", "healthgate", "grpc-proxy", "nginx", "haproxy"}
+// floor every proxy is compared with. The healthgate peers are one binary
+// and one config, differing only in proxy.engine.
+var allPeers = []string{"direct", "healthgate-relay", "healthgate-grpc", "grpc-proxy", "nginx", "haproxy"}
+
+// healthgatePeers maps each healthgate peer to its proxy.engine.
+var healthgatePeers = map[string]string{
+	"healthgate-relay": "relay",
+	"healthgate-grpc":  "grpc",
+}
+
+// peerAliases are names -peers accepts for several peers at once.
+var peerAliases = map[string][]string{
+	"healthgate": {"healthgate-relay", "healthgate-grpc"},
+}
+
+// isHealthgate tells whether peer is one of healthgate's engines.
+func isHealthgate(peer string) bool {
+	_, ok := healthgatePeers[peer]
+	return ok
+}
 
 // startPatience bounds a start-up; healthgate's first health Watch answer is
 // well inside it.
@@ -44,7 +62,7 @@ const (
 type env struct {
 	sup     *supervisor
 	tmp     string
-	bins    map[string]string // backend, grpcproxy, loadgen, healthgate, healthgate-pprof
+	bins    map[string]string // backend, grpcproxy, loadgen, healthgate, healthgate-pprof: both healthgate peers run healthgate
 	tools   map[string]string // nginx, haproxy: absolute paths
 	missing map[string]string // peer -> why it cannot run at all
 	nginxV  [3]int
@@ -126,6 +144,9 @@ func (e *env) startBackend(ctx context.Context, respSize int, withTLS bool) (*ru
 type peerOpts struct {
 	env  []string
 	args []string
+	// bin replaces the peer's binary (a key of env.bins): the profiling
+	// hook's healthgate build.
+	bin string
 	// tls: the peer terminates TLS from clients with e.certs and still
 	// calls the backend over h2c.
 	tls bool
@@ -161,12 +182,16 @@ func (e *env) startPeer(ctx context.Context, name string, be *running, po peerOp
 	var argv []string
 	bin := name
 	switch name {
-	case "healthgate", "healthgate-pprof":
+	case "healthgate-relay", "healthgate-grpc":
+		exe := e.bins["healthgate"]
+		if po.bin != "" {
+			exe = e.bins[po.bin]
+		}
 		cfg := filepath.Join(dir, "healthgate.yaml")
-		if err := os.WriteFile(cfg, []byte(healthgateConfig(addr, backend, certs)), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte(healthgateConfig(addr, backend, healthgatePeers[name], certs)), 0o644); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		argv = []string{e.bins[name], "-config", cfg}
+		argv = []string{exe, "-config", cfg}
 	case "grpc-proxy":
 		bin = "grpcproxy"
 		argv = []string{e.bins["grpcproxy"], "-listen", addr, "-backend", backend}
@@ -207,9 +232,9 @@ func (e *env) startPeer(ctx context.Context, name string, be *running, po peerOp
 	return r, nil
 }
 
-// healthgateConfig routes to backend; with certs, it terminates TLS 1.3 on
-// listen.
-func healthgateConfig(listen, backend string, certs *tlsfiles.Files) string {
+// healthgateConfig routes to backend with the given forwarding engine
+// (proxy.engine); with certs, it terminates TLS 1.3 on listen.
+func healthgateConfig(listen, backend, engine string, certs *tlsfiles.Files) string {
 	var tlsSection string
 	if certs != nil {
 		tlsSection = fmt.Sprintf("listen_tls: {cert_file: %q, key_file: %q, min_version: \"1.3\"}\n", certs.Cert, certs.Key)
@@ -220,9 +245,10 @@ func healthgateConfig(listen, backend string, certs *tlsfiles.Files) string {
   - service: bench.Echo
     backends: [%s]
     health_service: ""
+proxy: {engine: %s}
 shutdown: {drain_delay: 1ms, grace: 1s}
 log: {level: warn}
-`, listen, tlsSection, backend)
+`, listen, tlsSection, backend, engine)
 }
 
 // nginxConfig proxies to backend; with certs, it terminates TLS on listen
@@ -253,8 +279,13 @@ user %[6]s;
 pid %[1]s/nginx.pid;
 error_log stderr warn;
 
+# worker_connections counts client and upstream connections alike; at
+# unary-c500 nginx holds 100 client connections and one upstream connection
+# per call in flight (500), each a file descriptor.
+worker_rlimit_nofile 16384;
+
 events {
-    worker_connections 4096;
+    worker_connections 8192;
 }
 
 http {
@@ -275,7 +306,9 @@ http {
         server %[3]s;
         # Idle upstream connections kept for reuse; nginx still opens one
         # per call in flight, as it speaks one call per upstream connection.
-        keepalive 256;
+        # Above the most calls in flight of any workload (500), so that a
+        # finished call's connection is kept for the next, never closed.
+        keepalive 1024;
         keepalive_requests 1000000000;
         keepalive_timeout 600s;
     }

@@ -49,44 +49,39 @@ func writeProfileOverlay(tmp, repo string) (string, error) {
 }
 
 type profileResult struct {
-	path string // the .pprof file, empty if none
-	how  string // which way it was taken
-	top  string // go tool pprof -top, trimmed
-	err  error
+	peer     string // which healthgate peer
+	workload string // under which load
+	path     string // the .pprof file, empty if none
+	how      string // which way it was taken
+	top      string // go tool pprof -top, trimmed
+	err      error
 }
 
 // profiler is one way to profile a started healthgate for the window.
 type profiler struct {
-	peer  string
 	opts  peerOpts
 	begin func(hg *running) // at the window's start
 	end   func(hg *running) error
 }
 
-// profileHealthgate runs the unary-c50 workload once more against a
-// healthgate that can be profiled, profiling the measured window only. It
-// is a separate run so that the profiler's own cost never lands in the
-// tables.
-func (e *env) profileHealthgate(ctx context.Context, o options, base string) *profileResult {
-	if e.bins["healthgate"] == "" || e.missing["healthgate"] != "" {
-		why := "healthgate is not among -peers"
-		if m, ok := e.missing["healthgate"]; ok {
-			why = "healthgate " + m
-		}
-		return &profileResult{err: errors.New(why)}
+// profileHealthgate runs o.profileWorkload once more against peer (a
+// healthgate peer) started so that it can be profiled, profiling the
+// measured window only. It is a separate run so that the profiler's own
+// cost never lands in the tables.
+func (e *env) profileHealthgate(ctx context.Context, o options, peer, base string) *profileResult {
+	if m, ok := e.missing[peer]; ok {
+		return &profileResult{peer: peer, err: errors.New(m)}
 	}
-	var w workload
-	for _, wl := range allWorkloads {
-		if wl.name == "unary-c50" {
-			w = wl
-		}
+	if e.bins["healthgate"] == "" {
+		return &profileResult{peer: peer, err: errors.New("healthgate was not built")}
 	}
-	fmt.Fprintf(os.Stderr, "\n== profile: healthgate under %s\n", w.name)
-	path, err := filepath.Abs(base + "-healthgate-cpu.pprof")
+	w := o.profileWorkload
+	fmt.Fprintf(os.Stderr, "\n== profile: %s under %s\n", peer, w.name)
+	path, err := filepath.Abs(base + "-" + peer + "-" + w.name + "-cpu.pprof")
 	if err != nil {
-		return &profileResult{err: err}
+		return &profileResult{peer: peer, err: err}
 	}
-	res := &profileResult{}
+	res := &profileResult{peer: peer, workload: w.name}
 	var pr profiler
 	if e.bins["healthgate-pprof"] != "" {
 		res.how = "the bench's overlay hook (SIGUSR1/SIGUSR2): this healthgate has no -pprof"
@@ -94,13 +89,13 @@ func (e *env) profileHealthgate(ctx context.Context, o options, base string) *pr
 	} else {
 		admin, err := e.ports.addr()
 		if err != nil {
-			return &profileResult{err: err}
+			return &profileResult{peer: peer, err: err}
 		}
 		res.how = "healthgate's own -admin " + admin + " -pprof"
 		pr = endpointProfiler(ctx, admin, o.duration, path)
 	}
 	res.err = func() error {
-		backend, err := e.startBackend(ctx, -1, false)
+		backend, err := e.startBackend(ctx, -1, w.tls)
 		if err != nil {
 			return err
 		}
@@ -108,7 +103,9 @@ func (e *env) profileHealthgate(ctx context.Context, o options, base string) *pr
 			backend.proc.stop(3 * time.Second)
 			e.sup.forget(backend.proc)
 		}()
-		hg, err := e.startPeer(ctx, pr.peer, backend, pr.opts)
+		po := pr.opts
+		po.tls = w.tls
+		hg, err := e.startPeer(ctx, peer, backend, po)
 		if err != nil {
 			return err
 		}
@@ -131,7 +128,7 @@ func (e *env) profileHealthgate(ctx context.Context, o options, base string) *pr
 		if err := errors.Join(lerr, pr.end(hg)); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "[profile] %-10s %s\n", "healthgate", progressLine(w, r))
+		fmt.Fprintf(os.Stderr, "[profile] %-16s %s\n", peer, progressLine(w, r))
 		res.path = path
 		topPath := strings.TrimSuffix(path, ".pprof") + "-top.txt"
 		if err := e.sup.run(ctx, "go tool pprof", topPath, startOpts{}, "go", "tool", "pprof", "-top", "-nodecount=25", path); err != nil {
@@ -153,7 +150,6 @@ func endpointProfiler(ctx context.Context, admin string, window time.Duration, p
 	secs := max(1, int(math.Round(window.Seconds())))
 	done := make(chan error, 1)
 	return profiler{
-		peer: "healthgate",
 		opts: peerOpts{args: []string{"-admin", admin, "-pprof"}},
 		begin: func(*running) {
 			go func() {
@@ -192,8 +188,7 @@ func fetchProfile(ctx context.Context, url, path string) error {
 // hookProfiler drives the overlay hook: SIGUSR1 starts, SIGUSR2 writes.
 func (e *env) hookProfiler(path string) profiler {
 	return profiler{
-		peer: "healthgate-pprof",
-		opts: peerOpts{env: []string{"HEALTHGATE_BENCH_CPUPROFILE=" + path}},
+		opts: peerOpts{bin: "healthgate-pprof", env: []string{"HEALTHGATE_BENCH_CPUPROFILE=" + path}},
 		begin: func(hg *running) {
 			_ = hg.proc.cmd.Process.Signal(syscall.SIGUSR1)
 		},

@@ -14,12 +14,12 @@ import (
 const noisyPercent = 10
 
 type report struct {
-	opts    options
-	meta    map[string]any
-	runs    map[string]map[string][]result.Run // workload -> peer -> runs
-	notes   map[string]map[string][]string     // workload -> peer -> failures
-	miss    map[string]map[string]string       // workload -> peer -> why MISSING
-	profile *profileResult
+	opts     options
+	meta     map[string]any
+	runs     map[string]map[string][]result.Run // workload -> peer -> runs
+	notes    map[string]map[string][]string     // workload -> peer -> failures
+	miss     map[string]map[string]string       // workload -> peer -> why MISSING
+	profiles []*profileResult
 }
 
 func (r *report) missing(w, peer, why string) {
@@ -116,7 +116,10 @@ func (r *report) render() string {
 		r.renderWorkload(&b, w)
 	}
 	r.renderHeadline(&b)
-	r.renderProfile(&b)
+	r.renderTargets(&b)
+	for _, p := range r.profiles {
+		renderProfile(&b, p)
+	}
 	return b.String()
 }
 
@@ -186,17 +189,8 @@ func (r *report) renderWorkload(b *strings.Builder, w workload) {
 	if t := negotiatedTLS(r.opts.peers, r.runs[w.name]); t != "" {
 		foot = append(foot, t)
 	}
-	var other, steal []float64
-	for _, runs := range r.runs[w.name] {
-		for _, run := range runs {
-			other = append(other, run.OtherCPUPercent)
-			steal = append(steal, run.StealPercent)
-		}
-	}
-	if len(other) > 0 && (slices.Max(other) >= noisyPercent || slices.Max(steal) >= noisyPercent) {
-		foot = append(foot, fmt.Sprintf("NOISE: other processes on the machine used up to %.0f%% of a core (median %.0f%%) "+
-			"and the hypervisor stole up to %.0f%% during these windows; differences of that order are not the peers'.",
-			slices.Max(other), median(other), slices.Max(steal)))
+	if n := r.noise(w.name); n != "" {
+		foot = append(foot, n)
 	}
 	if len(foot) > 0 {
 		b.WriteString("\n")
@@ -204,6 +198,24 @@ func (r *report) renderWorkload(b *strings.Builder, w workload) {
 			fmt.Fprintf(b, "- %s\n", oneLine(f))
 		}
 	}
+}
+
+// noise is the NOISE note for a workload's windows, empty when the machine
+// was quiet enough in every one of them.
+func (r *report) noise(wname string) string {
+	var other, steal []float64
+	for _, runs := range r.runs[wname] {
+		for _, run := range runs {
+			other = append(other, run.OtherCPUPercent)
+			steal = append(steal, run.StealPercent)
+		}
+	}
+	if len(other) == 0 || (slices.Max(other) < noisyPercent && slices.Max(steal) < noisyPercent) {
+		return ""
+	}
+	return fmt.Sprintf("NOISE: other processes on the machine used up to %.0f%% of a core (median %.0f%%) "+
+		"and the hypervisor stole up to %.0f%% during these windows; differences of that order are not the peers'.",
+		slices.Max(other), median(other), slices.Max(steal))
 }
 
 // negotiatedTLS says what each peer's connections agreed on, in one
@@ -235,14 +247,7 @@ func negotiatedTLS(peers []string, runs map[string][]result.Run) string {
 
 // renderHeadline answers the questions the bench exists for, in one place.
 func (r *report) renderHeadline(b *strings.Builder) {
-	get := func(wname, peer string) (agg, bool) {
-		for _, w := range r.opts.workloads {
-			if w.name == wname {
-				return aggregate(w, r.runs[wname][peer])
-			}
-		}
-		return agg{}, false
-	}
+	get := r.get
 	type line struct {
 		title string
 		cell  func(peer string) (string, bool)
@@ -262,8 +267,16 @@ func (r *report) renderHeadline(b *strings.Builder) {
 			return fmt.Sprintf("%.2f×", a.proxyCPU/d.proxyCPU), ok && dok && d.proxyCPU > 0 && !math.IsNaN(a.proxyCPU)
 		}
 	}
+	rateRatio := func(wname string) func(string) (string, bool) {
+		return func(p string) (string, bool) {
+			a, ok := get(wname, p)
+			d, dok := get(wname, "direct")
+			return fmt.Sprintf("%.2f×", a.rate/d.rate), ok && dok && d.rate > 0
+		}
+	}
 	lines := []line{
 		{"Proxy CPU-µs per RPC at c=50 (unary-c50)", proxyCPU("unary-c50")},
+		{"Proxy CPU per RPC at c=50 as a ratio to HAProxy's (unary-c50)", cpuRatio("unary-c50", "haproxy")},
 		{"Proxy CPU-µs per RPC at c=50, terminating TLS (unary-c50-tls)", proxyCPU("unary-c50-tls")},
 		{"Proxy CPU per RPC terminating TLS as a ratio to nginx's (unary-c50-tls)", cpuRatio("unary-c50-tls", "nginx")},
 		{"Proxy CPU per RPC terminating TLS as a ratio to HAProxy's (unary-c50-tls)", cpuRatio("unary-c50-tls", "haproxy")},
@@ -282,11 +295,16 @@ func (r *report) renderHeadline(b *strings.Builder) {
 			d, dok := get("unary-c50", "direct")
 			return fmt.Sprintf("%.2f×", a.p99/d.p99), ok && dok && d.p99 > 0
 		}},
-		{"QPS at c=50 as a ratio to direct (unary-c50)", func(p string) (string, bool) {
-			a, ok := get("unary-c50", p)
-			d, dok := get("unary-c50", "direct")
-			return fmt.Sprintf("%.2f×", a.rate/d.rate), ok && dok && d.rate > 0
+		{"QPS at c=50 as a ratio to direct (unary-c50)", rateRatio("unary-c50")},
+		{"1 MiB unary MB/s as a ratio to direct (unary-1mib)", rateRatio("unary-1mib")},
+		{"Proxy CPU-µs per RPC at c=500 over 100 connections (unary-c500)", proxyCPU("unary-c500")},
+		{"Proxy CPU per RPC at c=500 as a ratio to HAProxy's (unary-c500)", cpuRatio("unary-c500", "haproxy")},
+		{"p99 at c=500 as a ratio to direct (unary-c500)", func(p string) (string, bool) {
+			a, ok := get("unary-c500", p)
+			d, dok := get("unary-c500", "direct")
+			return fmt.Sprintf("%.2f×", a.p99/d.p99), ok && dok && d.p99 > 0
 		}},
+		{"QPS at c=500 as a ratio to direct (unary-c500)", rateRatio("unary-c500")},
 	}
 	var peers []string
 	for _, p := range r.opts.peers {
@@ -319,17 +337,28 @@ func (r *report) renderHeadline(b *strings.Builder) {
 	}
 }
 
-func (r *report) renderProfile(b *strings.Builder) {
-	if r.profile == nil {
+// get is one peer's medians in one workload of this run.
+func (r *report) get(wname, peer string) (agg, bool) {
+	for _, w := range r.opts.workloads {
+		if w.name == wname {
+			return aggregate(w, r.runs[wname][peer])
+		}
+	}
+	return agg{}, false
+}
+
+func renderProfile(b *strings.Builder, p *profileResult) {
+	name := p.peer
+	if name == "" {
+		name = "healthgate"
+	}
+	fmt.Fprintf(b, "\n## %s CPU profile (%s)\n\n", name, or(p.workload, "unary-c50"))
+	if p.err != nil {
+		fmt.Fprintf(b, "Not captured: %s\n", oneLine(p.err.Error()))
 		return
 	}
-	b.WriteString("\n## healthgate CPU profile (unary-c50)\n\n")
-	if r.profile.err != nil {
-		fmt.Fprintf(b, "Not captured: %s\n", oneLine(r.profile.err.Error()))
-		return
-	}
-	fmt.Fprintf(b, "Taken through %s. `go tool pprof -http=: %s` to explore; the top of `-top`:\n\n```\n", r.profile.how, r.profile.path)
-	lines := strings.Split(r.profile.top, "\n")
+	fmt.Fprintf(b, "Taken through %s. `go tool pprof -http=: %s` to explore; the top of `-top`:\n\n```\n", p.how, p.path)
+	lines := strings.Split(p.top, "\n")
 	if len(lines) > 22 {
 		lines = lines[:22]
 	}

@@ -17,13 +17,14 @@ func TestRenderRatiosAndMissing(t *testing.T) {
 		return r
 	}
 	rep := &report{
-		opts: options{mode: "quick", reps: 3, peers: []string{"direct", "healthgate", "nginx", "haproxy"}, workloads: []workload{w}},
+		opts: options{mode: "quick", reps: 3, peers: []string{"direct", "healthgate-relay", "healthgate-grpc", "nginx", "haproxy"}, workloads: []workload{w}},
 		meta: map[string]any{},
 		runs: map[string]map[string][]result.Run{w.name: {
 			// Medians: direct 20000 QPS, healthgate 10000 QPS and 40 µs of proxy CPU.
-			"direct":     {run(19000, 100, 300, 0), run(20000, 100, 300, 0), run(21000, 100, 300, 0)},
-			"healthgate": {run(10000, 300, 900, 40), run(9000, 300, 900, 50), run(11000, 300, 900, 30)},
-			"haproxy":    {run(15000, 200, 600, 20), run(15000, 200, 600, 20), run(15000, 200, 600, 20)},
+			"direct":           {run(19000, 100, 300, 0), run(20000, 100, 300, 0), run(21000, 100, 300, 0)},
+			"healthgate-relay": {run(10000, 300, 900, 40), run(9000, 300, 900, 50), run(11000, 300, 900, 30)},
+			"healthgate-grpc":  {run(8000, 400, 1200, 60), run(8000, 400, 1200, 60), run(8000, 400, 1200, 60)},
+			"haproxy":          {run(15000, 200, 600, 20), run(15000, 200, 600, 20), run(15000, 200, 600, 20)},
 		}},
 		notes: map[string]map[string][]string{},
 	}
@@ -32,12 +33,15 @@ func TestRenderRatiosAndMissing(t *testing.T) {
 
 	for _, want := range []string{
 		"| direct | 20000 | 1.00 | 1.33 | 100 | 1.00 | 0.50 | 300 | 1.00 | 0.50 |",
-		"| healthgate | 10000 | 0.50 | 0.67 | 300 | 3.00 | 1.50 | 900 | 3.00 | 1.50 | 0.00 | 40.0 | 2.00 | 10.0 | 0 |",
+		"| healthgate-relay | 10000 | 0.50 | 0.67 | 300 | 3.00 | 1.50 | 900 | 3.00 | 1.50 | 0.00 | 40.0 | 2.00 | 10.0 | 0 |",
+		"| healthgate-grpc | 8000 | 0.40 | 0.53 | 400 | 4.00 | 2.00 | 1200 | 4.00 | 2.00 | 0.00 | 60.0 | 3.00 | 10.0 | 0 |",
 		"| haproxy | 15000 | 0.75 | 1.00 | 200 | 2.00 | 1.00 | 600 | 2.00 | 1.00 | 0.00 | 20.0 | 1.00 | 10.0 | 0 |",
 		"| nginx | MISSING |",
 		"- nginx: MISSING: not installed",
-		"| Proxy CPU-µs per RPC at c=50 (unary-c50) | 40.0 | — | 20.0 |",
-		"| p99 at c=50 as a ratio to direct (unary-c50) | 3.00× | — | 2.00× |",
+		"| | healthgate-relay | healthgate-grpc | nginx | haproxy |",
+		"| Proxy CPU-µs per RPC at c=50 (unary-c50) | 40.0 | 60.0 | — | 20.0 |",
+		"| Proxy CPU per RPC at c=50 as a ratio to HAProxy's (unary-c50) | 2.00× | 3.00× | — | 1.00× |",
+		"| p99 at c=50 as a ratio to direct (unary-c50) | 3.00× | 4.00× | — | 2.00× |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
@@ -59,19 +63,21 @@ func TestRenderTLSWorkload(t *testing.T) {
 		return r
 	}
 	rep := &report{
-		opts: options{mode: "quick", reps: 1, peers: []string{"direct", "healthgate", "nginx", "haproxy"}, workloads: []workload{plain, tlsW}},
+		opts: options{mode: "quick", reps: 1, peers: []string{"direct", "healthgate-relay", "healthgate-grpc", "nginx", "haproxy"}, workloads: []workload{plain, tlsW}},
 		meta: map[string]any{},
 		runs: map[string]map[string][]result.Run{
 			plain.name: {
-				"healthgate": {run(40, "")},
-				"nginx":      {run(25, "")},
-				"haproxy":    {run(20, "")},
+				"healthgate-relay": {run(40, "")},
+				"healthgate-grpc":  {run(50, "")},
+				"nginx":            {run(25, "")},
+				"haproxy":          {run(20, "")},
 			},
 			tlsW.name: {
-				"direct":     {run(0, suite)},
-				"healthgate": {run(60, suite)},
-				"nginx":      {run(40, suite)},
-				"haproxy":    {run(30, suite)},
+				"direct":           {run(0, suite)},
+				"healthgate-relay": {run(60, suite)},
+				"healthgate-grpc":  {run(80, suite)},
+				"nginx":            {run(40, suite)},
+				"haproxy":          {run(30, suite)},
 			},
 		},
 		notes: map[string]map[string][]string{},
@@ -79,12 +85,13 @@ func TestRenderTLSWorkload(t *testing.T) {
 	out := rep.render()
 	for _, want := range []string{
 		"## unary-c50-tls: ",
-		"| healthgate | 10000 | 1.00 | 1.00 | 100 | 1.00 | 1.00 | 300 | 1.00 | 1.00 | 0.00 | 60.0 | 2.00 | 10.0 | 0 |",
+		"| healthgate-relay | 10000 | 1.00 | 1.00 | 100 | 1.00 | 1.00 | 300 | 1.00 | 1.00 | 0.00 | 60.0 | 2.00 | 10.0 | 0 |",
+		"| healthgate-grpc | 10000 | 1.00 | 1.00 | 100 | 1.00 | 1.00 | 300 | 1.00 | 1.00 | 0.00 | 80.0 | 2.67 | 10.0 | 0 |",
 		"| haproxy | 10000 | 1.00 | 1.00 | 100 | 1.00 | 1.00 | 300 | 1.00 | 1.00 | 0.00 | 30.0 | 1.00 | 10.0 | 0 |",
 		"- TLS negotiated by every peer: " + suite,
-		"| Proxy CPU-µs per RPC at c=50, terminating TLS (unary-c50-tls) | 60.0 | 40.0 | 30.0 |",
-		"| Proxy CPU per RPC terminating TLS as a ratio to nginx's (unary-c50-tls) | 1.50× | 1.00× | 0.75× |",
-		"| Proxy CPU per RPC terminating TLS as a ratio to HAProxy's (unary-c50-tls) | 2.00× | 1.33× | 1.00× |",
+		"| Proxy CPU-µs per RPC at c=50, terminating TLS (unary-c50-tls) | 60.0 | 80.0 | 40.0 | 30.0 |",
+		"| Proxy CPU per RPC terminating TLS as a ratio to nginx's (unary-c50-tls) | 1.50× | 2.00× | 1.00× | 0.75× |",
+		"| Proxy CPU per RPC terminating TLS as a ratio to HAProxy's (unary-c50-tls) | 2.00× | 2.67× | 1.33× | 1.00× |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
@@ -100,7 +107,7 @@ func TestNegotiatedTLSNamesPeersThatDiffer(t *testing.T) {
 		"direct":  {{TLS: "TLS 1.3 A"}},
 		"haproxy": {{TLS: "TLS 1.3 B"}},
 	}
-	got := negotiatedTLS([]string{"direct", "healthgate", "haproxy"}, runs)
+	got := negotiatedTLS([]string{"direct", "healthgate-relay", "haproxy"}, runs)
 	if want := "TLS negotiated: direct TLS 1.3 A; haproxy TLS 1.3 B"; got != want {
 		t.Errorf("negotiatedTLS = %q, want %q", got, want)
 	}

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/healthgate/healthgate/bench/internal/result"
+)
+
+func workloadNamed(t *testing.T, name string) workload {
+	t.Helper()
+	for _, w := range allWorkloads {
+		if w.name == name {
+			return w
+		}
+	}
+	t.Fatalf("no workload %s", name)
+	return workload{}
+}
+
+// targetRun is one run with the figures the targets read.
+func targetRun(rate, mbps, p50, p99, proxy float64) result.Run {
+	r := result.Run{Rate: rate, RespMBps: mbps, P50Us: p50, P99Us: p99, CPU: map[string]result.CPU{"backend": {UsPerOp: 10}}}
+	if proxy > 0 {
+		r.CPU["proxy"] = result.CPU{UsPerOp: proxy}
+	}
+	return r
+}
+
+func TestTargets(t *testing.T) {
+	var ws []workload
+	for _, n := range []string{"unary-c1", "unary-c50", "stream-c50", "unary-1mib"} {
+		ws = append(ws, workloadNamed(t, n))
+	}
+	one := func(r result.Run) []result.Run { return []result.Run{r} }
+	rep := &report{
+		opts: options{mode: "quick", reps: 1, peers: []string{"direct", "healthgate-relay", "healthgate-grpc", "nginx", "haproxy"}, workloads: ws},
+		meta: map[string]any{},
+		runs: map[string]map[string][]result.Run{
+			// Added p50: relay +60 µs, nginx +80 µs: 0.75×, PASS.
+			"unary-c1": {
+				"direct":           one(targetRun(5000, 0, 100, 200, 0)),
+				"healthgate-relay": one(targetRun(4000, 0, 160, 300, 30)),
+				"healthgate-grpc":  one(targetRun(3000, 0, 200, 400, 40)),
+				"nginx":            one(targetRun(3500, 0, 180, 300, 20)),
+			},
+			// CPU: relay 22 µs, HAProxy 20 µs: 1.10×, MISS. p99: relay
+			// 1140 µs, direct 1000 µs: 1.14×, PASS (limit 1.15).
+			"unary-c50": {
+				"direct":           one(targetRun(20000, 0, 400, 1000, 0)),
+				"healthgate-relay": one(targetRun(18000, 0, 450, 1140, 22)),
+				"healthgate-grpc":  one(targetRun(12000, 0, 600, 2000, 40)),
+				"haproxy":          one(targetRun(17000, 0, 450, 1200, 20)),
+			},
+			// msg/s: 0.90× is on the limit: PASS.
+			"stream-c50": {
+				"direct":           one(targetRun(50000, 0, 100, 200, 0)),
+				"healthgate-relay": one(targetRun(45000, 0, 120, 300, 10)),
+			},
+			// MB/s (RespMBps, not Rate): 0.85×, MISS.
+			"unary-1mib": {
+				"direct":           one(targetRun(1, 1000, 100, 200, 0)),
+				"healthgate-relay": one(targetRun(1000, 850, 120, 300, 10)),
+			},
+		},
+		notes: map[string]map[string][]string{},
+	}
+
+	want := map[string]struct {
+		ratio float64
+		pass  bool
+	}{
+		"proxy CPU per unary RPC at c=50":   {1.10, false},
+		"added p50 at c=1 (p50 − direct's)": {0.75, true},
+		"bidi msg/s":                        {0.90, true},
+		"p99 at c=50":                       {1.14, true},
+		"1 MiB unary MB/s":                  {0.85, false},
+	}
+	if len(targets) != len(want) {
+		t.Fatalf("%d targets, want %d", len(targets), len(want))
+	}
+	for _, tg := range targets {
+		w, ok := want[tg.title]
+		if !ok {
+			t.Errorf("unexpected target %q", tg.title)
+			continue
+		}
+		got := tg.evaluate(func(p string) (agg, bool) { return rep.get(tg.workload, p) }, targetPeer)
+		if !got.ok || math.Abs(got.ratio-w.ratio) > 1e-9 || got.pass != w.pass {
+			t.Errorf("%s: ratio %v pass %v ok %v, want ratio %v pass %v", tg.title, got.ratio, got.pass, got.ok, w.ratio, w.pass)
+		}
+	}
+
+	out := rep.render()
+	for _, want := range []string{
+		"## Targets (healthgate-relay)",
+		"| target | workload | wanted | healthgate-relay | verdict | healthgate-grpc, for reference |",
+		"| proxy CPU per unary RPC at c=50 | unary-c50 | ≤ 1.00× HAProxy | 1.10× (22.0 vs 20.0 CPU-µs) | MISS | 2.00× (40.0 vs 20.0 CPU-µs) |",
+		"| added p50 at c=1 (p50 − direct's) | unary-c1 | ≤ 1.00× nginx | 0.75× (+60.0 vs +80.0 µs) | PASS | 1.25× (+100 vs +80.0 µs) |",
+		"| bidi msg/s | stream-c50 | ≥ 0.90× direct | 0.90× (45000 vs 50000 msg/s) | PASS | — |",
+		"| p99 at c=50 | unary-c50 | ≤ 1.15× direct | 1.14× (1140 vs 1000 µs) | PASS | 2.00× (2000 vs 1000 µs) |",
+		"| 1 MiB unary MB/s | unary-1mib | ≥ 0.90× direct | 0.85× (850 vs 1000 MB/s) | MISS | — |",
+		"- 3 of 5 targets met.",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "NOISE") {
+		t.Errorf("quiet runs reported as NOISE:\n%s", out)
+	}
+}
+
+func TestTargetsMissingAndNoisy(t *testing.T) {
+	w := workloadNamed(t, "unary-c50")
+	noisy := targetRun(20000, 0, 400, 1000, 0)
+	noisy.OtherCPUPercent = 40
+	rep := &report{
+		opts: options{mode: "quick", reps: 1, peers: []string{"direct", "healthgate-relay", "haproxy"}, workloads: []workload{w}},
+		meta: map[string]any{},
+		runs: map[string]map[string][]result.Run{w.name: {
+			"direct":           {noisy},
+			"healthgate-relay": {targetRun(18000, 0, 450, 1200, 20)},
+		}},
+		notes: map[string]map[string][]string{},
+	}
+	rep.missing(w.name, "haproxy", "not installed")
+	out := rep.render()
+	for _, want := range []string{
+		"| proxy CPU per unary RPC at c=50 | unary-c50 | ≤ 1.00× HAProxy | — | n/a |\n",
+		"| p99 at c=50 | unary-c50 | ≤ 1.15× direct | 1.20× (1200 vs 1000 µs) | MISS |\n",
+		"- 0 of 1 targets met; not measured in this run (workload or peer missing): unary-c50, unary-c1, stream-c50, unary-1mib.",
+		"- NOISE under unary-c50: ",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+
+	// Without the relay among the peers there is no targets table.
+	rep.opts.peers = []string{"direct", "haproxy"}
+	if out := rep.render(); strings.Contains(out, "## Targets") {
+		t.Errorf("targets table without %s:\n%s", targetPeer, out)
+	}
+}
+
+// An added p50 that nginx does not add (≤ 0) gives no ratio, but still a
+// verdict.
+func TestTargetAddedLatencyWithoutRatio(t *testing.T) {
+	var tg target
+	for _, x := range targets {
+		if x.workload == "unary-c1" {
+			tg = x
+		}
+	}
+	aggs := map[string]agg{"direct": {p50: 100}, "nginx": {p50: 100}, targetPeer: {p50: 120}}
+	get := func(p string) (agg, bool) { a, ok := aggs[p]; return a, ok }
+	got := tg.evaluate(get, targetPeer)
+	if !got.ok || !math.IsNaN(got.ratio) || got.pass {
+		t.Errorf("got %+v, want no ratio and MISS", got)
+	}
+	if c := got.cell(tg); c != "— (+20.0 vs +0.00 µs)" {
+		t.Errorf("cell %q", c)
+	}
+}
+
+func TestParsePeersAlias(t *testing.T) {
+	got, err := parsePeers("-peers", "nginx,healthgate,direct,healthgate-grpc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "direct,healthgate-relay,healthgate-grpc,nginx"; strings.Join(got, ",") != want {
+		t.Errorf("parsePeers = %v, want %s", got, want)
+	}
+	if _, err := parsePeers("-peers", "healthgate-x"); err == nil {
+		t.Error("unknown peer accepted")
+	}
+	o, err := parseFlags([]string{"-peers", "direct,healthgate", "-profile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "healthgate-relay,healthgate-grpc"; strings.Join(o.profilePeers, ",") != want {
+		t.Errorf("-profile profiles %v, want %s", o.profilePeers, want)
+	}
+	o, err = parseFlags([]string{"-peers", "direct,healthgate", "-profile-peers", "healthgate-relay"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.profile || strings.Join(o.profilePeers, ",") != "healthgate-relay" {
+		t.Errorf("-profile-peers: profile %v peers %v", o.profile, o.profilePeers)
+	}
+	if _, err := parseFlags([]string{"-peers", "direct,nginx", "-profile-peers", "healthgate-relay"}); err == nil {
+		t.Error("-profile-peers accepted a peer not among -peers")
+	}
+}
