@@ -178,6 +178,9 @@ type Conn struct {
 	active                  int    // streams open, for MaxConcurrentStreams
 	goAwaySent              bool
 	draining                bool // the first GOAWAY of two is out
+	// lazy wakes the writer for frames queued by queueLazy that found
+	// nothing to go out with.
+	lazy *time.Timer
 	goAwayRecv              bool
 	peerLastStream          uint32
 	closed                  bool
@@ -403,7 +406,7 @@ func (c *Conn) handleFrame(f http2.Frame) error {
 		if c.cfg.OnPing != nil && !c.cfg.OnPing(active) {
 			return connError(http2.ErrCodeEnhanceYourCalm, "too_many_pings")
 		}
-		return c.queueControl(ctrlFrame{kind: ctrlPingAck, data: f.Data})
+		return c.queueLazy(ctrlFrame{kind: ctrlPingAck, data: f.Data})
 	case *http2.WindowUpdateFrame:
 		return c.windowUpdate(f)
 	case *http2.MetaHeadersFrame:
@@ -481,6 +484,36 @@ func (c *Conn) queueControl(f ctrlFrame) error {
 	return nil
 }
 
+// lazyDelay is the longest a PING's answer waits for other frames to go
+// out with. gRPC's peers send a PING for each window of data they receive
+// (to measure the bandwidth-delay product): answered alone, each costs a
+// write system call, as much as the call's own frames; riding along with
+// the next frames, nothing. A later answer only makes the peer's estimate
+// of the connection's capacity larger.
+const lazyDelay = time.Millisecond
+
+// queueLazy queues a control frame that may wait up to lazyDelay for
+// other frames to be written with.
+func (c *Conn) queueLazy(f ctrlFrame) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	if len(c.control) >= c.cfg.MaxControlFrames {
+		c.mu.Unlock()
+		return connError(http2.ErrCodeEnhanceYourCalm, "too many control frames queued")
+	}
+	c.control = append(c.control, f)
+	if c.lazy == nil {
+		c.lazy = time.AfterFunc(lazyDelay, c.kick)
+	} else {
+		c.lazy.Reset(lazyDelay)
+	}
+	c.mu.Unlock()
+	return nil
+}
+
 func (c *Conn) kick() {
 	select {
 	case c.wake <- struct{}{}:
@@ -496,9 +529,12 @@ func (c *Conn) windowUpdate(f *http2.WindowUpdateFrame) error {
 			c.mu.Unlock()
 			return connError(http2.ErrCodeFlowControl, "connection window over 2^31-1")
 		}
-		c.readyAllLocked()
+		// Wake the writer only if a stream was waiting for this window.
+		woke := c.readyAllLocked()
 		c.mu.Unlock()
-		c.kick()
+		if woke {
+			c.kick()
+		}
 		return nil
 	}
 	s := c.streams[f.StreamID]
@@ -516,19 +552,26 @@ func (c *Conn) windowUpdate(f *http2.WindowUpdateFrame) error {
 		c.resetStream(f.StreamID, http2.ErrCodeFlowControl, true)
 		return nil
 	}
+	waiting := len(s.out) > 0
 	c.readyLocked(s)
 	c.mu.Unlock()
-	c.kick()
+	if waiting {
+		c.kick()
+	}
 	return nil
 }
 
-// readyAllLocked queues every stream that has DATA waiting for window.
-func (c *Conn) readyAllLocked() {
+// readyAllLocked queues every stream that has DATA waiting for window,
+// and reports whether there was one.
+func (c *Conn) readyAllLocked() bool {
+	any := false
 	for _, s := range c.streams {
 		if len(s.out) > 0 {
 			c.readyLocked(s)
+			any = true
 		}
 	}
+	return any
 }
 
 func (c *Conn) readyLocked(s *Stream) {
@@ -858,6 +901,9 @@ func (c *Conn) closeWith(err error) {
 	}
 	c.closed = true
 	close(c.done)
+	if c.lazy != nil {
+		c.lazy.Stop()
+	}
 	if err == nil {
 		err = ErrClosed
 	}

@@ -177,22 +177,26 @@ func (s *Stream) Consumed(n int) {
 	}
 	c := s.c
 	c.mu.Lock()
+	queued := len(c.control)
 	if !c.cfg.ConnCreditOnReceipt {
 		c.creditConnLocked(int64(n))
 	}
-	if s.closed || s.remoteDone {
-		c.mu.Unlock()
-		c.kick()
-		return
+	if !s.closed && !s.remoteDone {
+		s.unacked += int32(n)
+		if s.unacked >= int32(c.cfg.StreamWindow/4) {
+			c.control = append(c.control, ctrlFrame{kind: ctrlWindow, stream: s.id, n: uint32(s.unacked)})
+			s.recvWindow += s.unacked
+			s.unacked = 0
+		}
 	}
-	s.unacked += int32(n)
-	if s.unacked >= int32(c.cfg.StreamWindow/4) {
-		c.control = append(c.control, ctrlFrame{kind: ctrlWindow, stream: s.id, n: uint32(s.unacked)})
-		s.recvWindow += s.unacked
-		s.unacked = 0
-	}
+	// Wake the writer only for an update to send: a wake for nothing
+	// would also send what waits to go out with other frames (PING
+	// answers) alone.
+	wake := len(c.control) > queued
 	c.mu.Unlock()
-	c.kick()
+	if wake {
+		c.kick()
+	}
 }
 
 // Closed reports whether the stream is over for this end.
