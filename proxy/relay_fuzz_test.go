@@ -89,3 +89,31 @@ func FuzzGrpcMessage(f *testing.F) {
 		}
 	})
 }
+
+// TestResetPolicy: cancelling calls at a client's pace is fine, resetting
+// them as fast as frames can be written is not, and answered streams never
+// count.
+func TestResetPolicy(t *testing.T) {
+	p := newResetPolicy(100)
+	for i := range 100 {
+		if !p.allow(false) {
+			t.Fatalf("reset %d of the first 100 refused: the burst is as large as the stream limit", i)
+		}
+	}
+	refused := false
+	for range 1000 {
+		if !p.allow(false) {
+			refused = true
+			break
+		}
+	}
+	if !refused {
+		t.Fatal("1,100 resets before an answer, back to back, all allowed")
+	}
+	q := newResetPolicy(100)
+	for range 10000 {
+		if !q.allow(true) {
+			t.Fatal("a stream reset after its answer counted against the client")
+		}
+	}
+}

@@ -212,7 +212,7 @@ func (r *Relay) serveConn(nc net.Conn) {
 	policy := policyFor(nc.RemoteAddr(), r.p.trusted)
 	var c *h2.Conn
 	pings := pingPolicy{min: l.MinPingInterval}
-	resets := resetPolicy{}
+	resets := newResetPolicy(l.MaxConcurrentStreams)
 	c = h2.NewConn(nc, h2.Server, h2.Config{
 		MaxConcurrentStreams: l.MaxConcurrentStreams,
 		MaxHeaderListSize:    l.MaxHeaderListBytes,
@@ -291,22 +291,42 @@ func (p *pingPolicy) allow(answered bool) bool {
 	return p.strikes <= 2
 }
 
-// resetPolicy closes a connection whose client resets most of its
-// streams before they are answered (CVE-2023-44487, rapid reset): after
-// 100 streams, more than half reset unanswered is an attack, not a client.
+// resetPolicy closes a connection whose client resets streams before
+// they are answered faster than a client has reason to (CVE-2023-44487,
+// rapid reset): each such reset opened, and cancelled, a stream on a
+// backend, without the client waiting for anything. A token bucket: a
+// burst of as many as the connection may have streams at once, then that
+// many per second. Clients that cancel calls, even most of their calls,
+// stay far below it; a client that resets at the rate it can write
+// HEADERS and RST_STREAM does not.
 type resetPolicy struct {
-	mu           sync.Mutex
-	total, reset int
+	mu     sync.Mutex
+	rate   float64
+	tokens float64
+	last   time.Time
+}
+
+func newResetPolicy(maxStreams uint32) *resetPolicy {
+	r := float64(max(maxStreams, 100))
+	return &resetPolicy{rate: r, tokens: r}
 }
 
 func (p *resetPolicy) allow(answered bool) bool {
+	if answered {
+		return true
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.total++
-	if !answered {
-		p.reset++
+	now := time.Now()
+	if !p.last.IsZero() {
+		p.tokens = min(p.rate, p.tokens+now.Sub(p.last).Seconds()*p.rate)
 	}
-	return p.total < 100 || p.reset*2 <= p.total
+	p.last = now
+	if p.tokens < 1 {
+		return false
+	}
+	p.tokens--
+	return true
 }
 
 // GracefulStop stops accepting, sends every connection GOAWAY and waits

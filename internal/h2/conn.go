@@ -180,13 +180,13 @@ type Conn struct {
 	draining                bool // the first GOAWAY of two is out
 	// lazy wakes the writer for frames queued by queueLazy that found
 	// nothing to go out with.
-	lazy *time.Timer
-	goAwayRecv              bool
-	peerLastStream          uint32
-	closed                  bool
-	closeErr                error
-	writerDone              chan struct{}
-	closeDone               chan struct{} // closed when closeWith has finished
+	lazy           *time.Timer
+	goAwayRecv     bool
+	peerLastStream uint32
+	closed         bool
+	closeErr       error
+	writerDone     chan struct{}
+	closeDone      chan struct{} // closed when closeWith has finished
 	// lastActive is when the connection last had a stream end or begin,
 	// or was created: for idle timeouts.
 	lastActive time.Time

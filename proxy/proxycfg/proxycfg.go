@@ -35,10 +35,11 @@ type Settings struct {
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Limits bound what one client can hold of the gateway.
 	Limits Limits `yaml:"limits"`
-	// Engine is the forwarding engine: EngineGRPC, a grpc-go server and
-	// client stream per call (the reference), or EngineRelay, HTTP/2
-	// frames relayed between the client's and the backend's connections
-	// without a stream of grpc-go on either side. Empty means EngineGRPC.
+	// Engine is the forwarding engine: EngineRelay, HTTP/2 frames relayed
+	// between the client's and the backend's connections without a stream
+	// of grpc-go on either side, or EngineGRPC, a grpc-go server and
+	// client stream per call (the reference, and the fallback). Empty
+	// means EngineRelay.
 	Engine string `yaml:"engine"`
 }
 
@@ -160,7 +161,7 @@ func (s Settings) WithDefaults() Settings {
 	}
 	s.Limits = s.Limits.WithDefaults()
 	if s.Engine == "" {
-		s.Engine = EngineGRPC
+		s.Engine = EngineRelay
 	}
 	return s
 }
