@@ -452,17 +452,9 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	g.mu.Unlock()
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
-	checkDone := make(chan error, 1)
-	go func() {
-		checkDone <- g.checker.Run(runCtx, g.source, g.publish)
-	}()
-	connectDone := make(chan struct{})
-	go func() {
-		defer close(connectDone)
-		g.connect.Run(runCtx)
-	}()
-	serveDone := make(chan error, 1)
-	lis = g.proxy.Listener(lis)
+	// The relay's way to the gateway's own health service comes first:
+	// the listener opens only once it is up, so that no health call finds
+	// it missing, and nothing else waits for it.
 	localDone := make(chan struct{})
 	if g.relay != nil {
 		go func() {
@@ -480,6 +472,17 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	} else {
 		close(localDone)
 	}
+	checkDone := make(chan error, 1)
+	go func() {
+		checkDone <- g.checker.Run(runCtx, g.source, g.publish)
+	}()
+	connectDone := make(chan struct{})
+	go func() {
+		defer close(connectDone)
+		g.connect.Run(runCtx)
+	}()
+	serveDone := make(chan error, 1)
+	lis = g.proxy.Listener(lis)
 	go func() { serveDone <- g.front.Serve(lis) }()
 	g.listening.Store(true)
 	g.log.Info("healthgate serving", "listen", lis.Addr().String(), "engine", g.Engine())
