@@ -105,7 +105,9 @@ func isTrusted(from net.Addr, trusted []netip.Prefix) bool {
 	if err != nil {
 		return false
 	}
-	a := ap.Addr().Unmap()
+	// A link-local peer carries its interface as a zone, which no prefix
+	// contains: the address is what trusted_proxies names.
+	a := ap.Addr().WithZone("").Unmap()
 	for _, p := range trusted {
 		if p.Contains(a) {
 			return true
