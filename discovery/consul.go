@@ -236,6 +236,15 @@ func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 			for svc := range r.catalogLocked() {
 				want[watchKey{service: svc, tags: strings.Join(c.cfg.Tags, "\x00"), auto: true}] = true
 			}
+			// The catalog and each health watch see a reset when each
+			// first answers, which may be seconds apart: a service
+			// whose watch still keeps instances from its reset stays
+			// watched for its own grace, not the catalog's.
+			for k, kept := range r.kept {
+				if k.auto && len(kept) > 0 {
+					want[k] = true
+				}
+			}
 			for k := range want {
 				if _, ok := watches[k]; !ok {
 					start(k)

@@ -36,11 +36,13 @@ type fakeConsul struct {
 	// was answered with; failed counts its failures.
 	answered map[string][]uint64
 	failed   map[string]int
+	// failing are queries that fail even while the agent is up.
+	failing map[string]bool
 }
 
 func startFakeConsul(t *testing.T) (*fakeConsul, string) {
 	t.Helper()
-	f := &fakeConsul{changed: make(chan struct{}), answered: map[string][]uint64{}, failed: map[string]int{}}
+	f := &fakeConsul{changed: make(chan struct{}), answered: map[string][]uint64{}, failed: map[string]int{}, failing: map[string]bool{}}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	return f, srv.Listener.Addr().String()
@@ -66,6 +68,14 @@ func (f *fakeConsul) set(index uint64, routes map[string]string, instances map[s
 			})
 		}
 	}
+	f.changeLocked()
+}
+
+// fail makes query fail (or answer again) while the agent is up.
+func (f *fakeConsul) fail(query string, fail bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failing[query] = fail
 	f.changeLocked()
 }
 
@@ -96,7 +106,7 @@ func (f *fakeConsul) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	wait, _ := strconv.ParseUint(r.URL.Query().Get("index"), 10, 64)
 	for {
 		f.mu.Lock()
-		if !f.up {
+		if !f.up || f.failing[query] {
 			f.failed[query]++
 			f.mu.Unlock()
 			http.Error(w, "agent down", http.StatusInternalServerError)
@@ -269,4 +279,35 @@ func TestB33_KeptAfterResetGoAfterGrace(t *testing.T) {
 		return !ok
 	})
 	w.wantAddrs(t, "test.Svc", "127.0.0.1:7001")
+}
+
+// TestB33_HealthResetAfterCatalogResetKeepsItsGrace: the catalog and a
+// service's health query each see the restart when they first answer
+// again, on their own retry schedules. A service whose health answer came
+// later keeps its instances for the grace from that answer, even once the
+// catalog's grace is over.
+func TestB33_HealthResetAfterCatalogResetKeepsItsGrace(t *testing.T) {
+	const grace = 3 * time.Second
+	f, addr := startFakeConsul(t)
+	f.set(17, b33Routes, map[string][]string{"svc-a": {"127.0.0.1:7001"}, "svc-b": {"127.0.0.1:7002"}})
+	w, _ := fakeSource(t, addr, grace, nil)
+	w.waitAddrs(t, 10*time.Second, "other.Svc", "127.0.0.1:7002")
+
+	f.down()
+	f.waitFailed(t, "catalog", "svc-b")
+	f.fail("svc-b", true)
+	f.set(11, b33Routes, nil)
+	f.waitAnswered(t, "catalog", 11)
+	catalogReset := time.Now()
+	// svc-b's query answers again most of a grace later.
+	time.Sleep(grace * 5 / 6)
+	f.fail("svc-b", false)
+	f.waitAnswered(t, "svc-b", 11)
+	// Past the catalog's grace, well within svc-b's.
+	time.Sleep(time.Until(catalogReset.Add(grace + grace/6)))
+	w.wantAddrs(t, "other.Svc", "127.0.0.1:7002")
+	testutil.WaitFor(t, 2*grace, "other.Svc to be dropped after svc-b's grace", func() bool {
+		_, ok := w.addrs("other.Svc")
+		return !ok
+	})
 }
