@@ -151,18 +151,30 @@ type consulRun struct {
 	// results holds each watch's latest instances; a key is present once
 	// its query has answered.
 	results map[watchKey][]*api.ServiceEntry
-	// kept holds, for a while after Consul's index went backwards, what a
-	// watch knew before: a restarted, emptied Consul is not news that every
-	// backend is gone. Health checking still decides who is routable.
-	kept map[watchKey]keptEntries
-	// keptCatalog is the same for the catalog of route tags.
-	keptCatalog      map[string][]string
-	keptCatalogUntil time.Time
+	// kept holds, for a while after Consul's index went backwards or it
+	// came back from an outage, what a watch knew before: a restarted,
+	// emptied Consul is not news that every backend is gone. Health
+	// checking still decides who is routable. Each instance has its own
+	// deadline, so that a second reset within the grace adds what the
+	// watch knew then without forgetting, or prolonging, what the first
+	// one kept.
+	kept map[watchKey][]keptEntry
+	// keptCatalog is the same for the catalog of route tags, per service.
+	keptCatalog map[string]keptRoutes
 }
 
-type keptEntries struct {
-	entries []*api.ServiceEntry
-	until   time.Time
+type keptEntry struct {
+	entry *api.ServiceEntry
+	until time.Time
+}
+
+type keptRoutes struct {
+	routes []string
+	until  time.Time
+}
+
+func sameInstance(e *api.ServiceEntry) func(*api.ServiceEntry) bool {
+	return func(o *api.ServiceEntry) bool { return o.Service.ID == e.Service.ID && o.Node.Node == e.Node.Node }
 }
 
 func (r *consulRun) wake() {
@@ -177,7 +189,7 @@ func (r *consulRun) wake() {
 func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r := &consulRun{c: c, poke: make(chan struct{}, 1), results: map[watchKey][]*api.ServiceEntry{}, kept: map[watchKey]keptEntries{}}
+	r := &consulRun{c: c, poke: make(chan struct{}, 1), results: map[watchKey][]*api.ServiceEntry{}, kept: map[watchKey][]keptEntry{}}
 	expiry := time.NewTimer(time.Hour)
 	defer expiry.Stop()
 	var wg sync.WaitGroup
@@ -224,6 +236,15 @@ func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 			for svc := range r.catalogLocked() {
 				want[watchKey{service: svc, tags: strings.Join(c.cfg.Tags, "\x00"), auto: true}] = true
 			}
+			// The catalog and each health watch see a reset when each
+			// first answers, which may be seconds apart: a service
+			// whose watch still keeps instances from its reset stays
+			// watched for its own grace, not the catalog's.
+			for k, kept := range r.kept {
+				if k.auto && len(kept) > 0 {
+					want[k] = true
+				}
+			}
 			for k := range want {
 				if _, ok := watches[k]; !ok {
 					start(k)
@@ -234,6 +255,7 @@ func (c *Consul) Run(ctx context.Context, publish func(Snapshot)) error {
 					stop()
 					delete(watches, k)
 					delete(r.results, k)
+					delete(r.kept, k)
 				}
 			}
 		}
@@ -349,9 +371,9 @@ func (r *consulRun) entriesLocked(k watchKey) []*api.ServiceEntry {
 		return r.results[k]
 	}
 	out := slices.Clone(r.results[k])
-	for _, e := range kept.entries {
-		if !slices.ContainsFunc(out, func(o *api.ServiceEntry) bool { return o.Service.ID == e.Service.ID && o.Node.Node == e.Node.Node }) {
-			out = append(out, e)
+	for _, ke := range kept {
+		if !slices.ContainsFunc(out, sameInstance(ke.entry)) {
+			out = append(out, ke.entry)
 		}
 	}
 	return out
@@ -367,12 +389,46 @@ func (r *consulRun) catalogLocked() map[string][]string {
 	if out == nil {
 		out = map[string][]string{}
 	}
-	for svc, routes := range r.keptCatalog {
+	for svc, kept := range r.keptCatalog {
 		if _, ok := out[svc]; !ok {
-			out[svc] = routes
+			out[svc] = kept.routes
 		}
 	}
 	return out
+}
+
+// keepEntriesLocked is watch k's side of a reset: the instances its latest
+// answer listed are kept for the grace from now, beside what an earlier
+// reset kept, which keeps its own deadline.
+func (r *consulRun) keepEntriesLocked(k watchKey, now time.Time) {
+	prev := r.results[k]
+	if len(prev) == 0 {
+		return
+	}
+	until := now.Add(r.c.cfg.ResetGrace)
+	kept := slices.DeleteFunc(r.kept[k], func(ke keptEntry) bool { return slices.ContainsFunc(prev, sameInstance(ke.entry)) })
+	for _, e := range prev {
+		kept = append(kept, keptEntry{entry: e, until: until})
+	}
+	r.kept[k] = kept
+	r.c.log.Info("consul: first answer after an outage or an index that went backwards; instances it no longer lists are kept while they register again",
+		"query", k.service, "instances", len(kept), "grace", r.c.cfg.ResetGrace)
+}
+
+// keepCatalogLocked is the catalog's side of a reset, as keepEntriesLocked.
+func (r *consulRun) keepCatalogLocked(now time.Time) {
+	if len(r.catalog) == 0 {
+		return
+	}
+	until := now.Add(r.c.cfg.ResetGrace)
+	if r.keptCatalog == nil {
+		r.keptCatalog = map[string]keptRoutes{}
+	}
+	for svc, routes := range r.catalog {
+		r.keptCatalog[svc] = keptRoutes{routes: routes, until: until}
+	}
+	r.c.log.Info("consul: first catalog answer after an outage or an index that went backwards; routes it no longer lists are kept while services register again",
+		"services", len(r.keptCatalog), "grace", r.c.cfg.ResetGrace)
 }
 
 // expireKeptLocked forgets what was kept across an index reset once its
@@ -385,19 +441,29 @@ func (r *consulRun) expireKeptLocked(now time.Time) time.Time {
 		}
 	}
 	for k, kept := range r.kept {
-		if !now.Before(kept.until) {
+		n := len(kept)
+		kept = slices.DeleteFunc(kept, func(ke keptEntry) bool { return !now.Before(ke.until) })
+		if len(kept) < n {
+			r.c.log.Info("consul: instances known before the index reset and not registered again are dropped", "query", k.service, "instances", n-len(kept))
+		}
+		if len(kept) == 0 {
 			delete(r.kept, k)
-			r.c.log.Info("consul: instances known before the index reset and not registered again are dropped", "query", k.service)
+			continue
+		}
+		r.kept[k] = kept
+		for _, ke := range kept {
+			later(ke.until)
+		}
+	}
+	for svc, kept := range r.keptCatalog {
+		if !now.Before(kept.until) {
+			delete(r.keptCatalog, svc)
 			continue
 		}
 		later(kept.until)
 	}
-	if r.keptCatalog != nil {
-		if !now.Before(r.keptCatalogUntil) {
-			r.keptCatalog = nil
-		} else {
-			later(r.keptCatalogUntil)
-		}
+	if len(r.keptCatalog) == 0 {
+		r.keptCatalog = nil
 	}
 	return next
 }
@@ -449,10 +515,8 @@ func (r *consulRun) watchCatalog(ctx context.Context) {
 			}
 		}
 		r.mu.Lock()
-		if reset && r.catalog != nil {
-			r.keptCatalog, r.keptCatalogUntil = r.catalog, time.Now().Add(r.c.cfg.ResetGrace)
-			r.c.log.Info("consul: first catalog answer after an outage or an index that went backwards; routes it no longer lists are kept while services register again",
-				"grace", r.c.cfg.ResetGrace)
+		if reset {
+			r.keepCatalogLocked(time.Now())
 		}
 		r.catalog = found
 		r.mu.Unlock()
@@ -471,10 +535,8 @@ func (r *consulRun) watchService(ctx context.Context, k watchKey) {
 	}, func(entries []*api.ServiceEntry, reset bool) {
 		r.mu.Lock()
 		if ctx.Err() == nil {
-			if prev, ok := r.results[k]; reset && ok && len(prev) > 0 {
-				r.kept[k] = keptEntries{entries: prev, until: time.Now().Add(r.c.cfg.ResetGrace)}
-				r.c.log.Info("consul: first answer after an outage or an index that went backwards; instances it no longer lists are kept while they register again",
-					"query", k.service, "instances", len(prev), "grace", r.c.cfg.ResetGrace)
+			if reset {
+				r.keepEntriesLocked(k, time.Now())
 			}
 			r.results[k] = entries
 		}
@@ -490,8 +552,9 @@ func (r *consulRun) watchService(ctx context.Context, k watchKey) {
 // a flapping service cannot make the gateway hammer the agent, and errors
 // back off exponentially while the last good answer stays in use.
 func blockingLoop[T any](ctx context.Context, c *Consul, kind, what string, query func(*api.QueryOptions) (T, *api.QueryMeta, error), report func(v T, reset bool)) {
-	// index is what the next query waits on; known is the highest index
-	// seen, kept across errors, to tell a Consul that lost its state.
+	// index is what the next query waits on; known is the index of the
+	// latest answer, kept across errors, to tell a Consul that lost its
+	// state.
 	var index, known uint64
 	failures := 0
 	for {
@@ -532,7 +595,13 @@ func blockingLoop[T any](ctx context.Context, c *Consul, kind, what string, quer
 		}
 		switch {
 		case recovered:
-			index, known = meta.LastIndex, max(known, meta.LastIndex)
+			// This answer is the reset; its index is the one later
+			// answers go on from. Keeping the higher index of the agent
+			// before the outage would make each answer of an agent that
+			// restarted empty a reset again until its index caught up,
+			// and each would take what that agent lists so far for what
+			// was known before.
+			index, known = meta.LastIndex, meta.LastIndex
 			report(v, true)
 		case meta.LastIndex < known:
 			// Consul's index went backwards: its state is not the one we
