@@ -279,13 +279,31 @@ func (c *Conn) writeData(id uint32, data []byte, end bool) error {
 			chunk = chunk[:max]
 		}
 		data = data[len(chunk):]
-		if err := c.wf.WriteData(id, end && len(data) == 0, chunk); err != nil {
+		if err := c.writeDataFrame(id, end && len(data) == 0, chunk); err != nil {
 			return err
 		}
 		if len(data) == 0 {
 			return nil
 		}
 	}
+}
+
+// writeDataFrame writes one DATA frame straight into the socket's buffer:
+// the Framer would first copy the payload into a frame buffer of its own,
+// a second copy of every byte relayed.
+func (c *Conn) writeDataFrame(id uint32, end bool, p []byte) error {
+	var flags byte
+	if end {
+		flags = byte(http2.FlagDataEndStream)
+	}
+	n := len(p)
+	hdr := [9]byte{byte(n >> 16), byte(n >> 8), byte(n), byte(http2.FrameData), flags,
+		byte(id >> 24 & 0x7f), byte(id >> 16), byte(id >> 8), byte(id)}
+	if _, err := c.bw.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := c.bw.Write(p)
+	return err
 }
 
 // afterWrite tells each stream's handler what went out, and lets go of
