@@ -3,8 +3,8 @@ package healthcheck
 import (
 	"context"
 	"fmt"
+	"github.com/healthgate/healthgate/internal/backoff"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -472,7 +472,7 @@ func (b *Handle) watchLoop(ctx context.Context, svc string, run *int) {
 			return
 		}
 		b.report(svc, run, healthpb.HealthCheckResponse_UNKNOWN, "health watch failed: "+status.Convert(err).Message())
-		delay := backoff(b.c.cfg.BackoffBase, b.c.cfg.BackoffMax, attempt)
+		delay := backoff.Delay(b.c.cfg.BackoffBase, b.c.cfg.BackoffMax, attempt)
 		attempt++
 		t := time.NewTimer(delay)
 		select {
@@ -516,19 +516,4 @@ func statusReason(st healthpb.HealthCheckResponse_ServingStatus, svc string) str
 		return fmt.Sprintf("backend reports SERVICE_UNKNOWN for health service %q: %s", svc, setNameHint)
 	}
 	return "backend reports " + st.String()
-}
-
-// backoff is base * 1.6^attempt, capped at max, with ±20% jitter so that
-// many backends failing together do not retry together.
-func backoff(base, max time.Duration, attempt int) time.Duration {
-	d := float64(base)
-	for range attempt {
-		d *= 1.6
-		if d >= float64(max) {
-			d = float64(max)
-			break
-		}
-	}
-	d *= 0.8 + 0.4*rand.Float64()
-	return time.Duration(d)
 }

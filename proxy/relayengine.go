@@ -332,17 +332,7 @@ func (p *resetPolicy) allow(answered bool) bool {
 // GracefulStop stops accepting, sends every connection GOAWAY and waits
 // until their calls have finished.
 func (r *Relay) GracefulStop() {
-	r.mu.Lock()
-	r.draining = true
-	for _, l := range r.lis {
-		l.Close()
-	}
-	conns := make([]*h2.Conn, 0, len(r.conns))
-	for c := range r.conns {
-		conns = append(conns, c)
-	}
-	r.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range r.stopAccepting() {
 		c.GoAway(http2.ErrCodeNo, "draining")
 	}
 	r.wg.Wait()
@@ -350,7 +340,16 @@ func (r *Relay) GracefulStop() {
 
 // Stop closes every connection at once.
 func (r *Relay) Stop() {
+	for _, c := range r.stopAccepting() {
+		c.Close()
+	}
+	r.wg.Wait()
+}
+
+// stopAccepting closes the listeners and returns the open connections.
+func (r *Relay) stopAccepting() []*h2.Conn {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.draining = true
 	for _, l := range r.lis {
 		l.Close()
@@ -359,11 +358,7 @@ func (r *Relay) Stop() {
 	for c := range r.conns {
 		conns = append(conns, c)
 	}
-	r.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
-	}
-	r.wg.Wait()
+	return conns
 }
 
 func identityOf(cs tls.ConnectionState) string {

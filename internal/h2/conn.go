@@ -469,18 +469,33 @@ func (c *Conn) applySettings(f *http2.SettingsFrame) error {
 // queueControl queues a control frame; too many unwritten is a peer that
 // makes the connection answer faster than it reads.
 func (c *Conn) queueControl(f ctrlFrame) error {
+	if err := c.enqueue(f, false); err != nil {
+		return err
+	}
+	c.kick()
+	return nil
+}
+
+// enqueue queues f unless the connection is closed or the peer has made
+// it queue too many; lazy arms the timer that sends f if nothing else
+// goes out first.
+func (c *Conn) enqueue(f ctrlFrame, lazy bool) error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.closed {
-		c.mu.Unlock()
 		return nil
 	}
 	if len(c.control) >= c.cfg.MaxControlFrames {
-		c.mu.Unlock()
 		return connError(http2.ErrCodeEnhanceYourCalm, "too many control frames queued")
 	}
 	c.control = append(c.control, f)
-	c.mu.Unlock()
-	c.kick()
+	if lazy {
+		if c.lazy == nil {
+			c.lazy = time.AfterFunc(lazyDelay, c.kick)
+		} else {
+			c.lazy.Reset(lazyDelay)
+		}
+	}
 	return nil
 }
 
@@ -494,25 +509,7 @@ const lazyDelay = time.Millisecond
 
 // queueLazy queues a control frame that may wait up to lazyDelay for
 // other frames to be written with.
-func (c *Conn) queueLazy(f ctrlFrame) error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil
-	}
-	if len(c.control) >= c.cfg.MaxControlFrames {
-		c.mu.Unlock()
-		return connError(http2.ErrCodeEnhanceYourCalm, "too many control frames queued")
-	}
-	c.control = append(c.control, f)
-	if c.lazy == nil {
-		c.lazy = time.AfterFunc(lazyDelay, c.kick)
-	} else {
-		c.lazy.Reset(lazyDelay)
-	}
-	c.mu.Unlock()
-	return nil
-}
+func (c *Conn) queueLazy(f ctrlFrame) error { return c.enqueue(f, true) }
 
 func (c *Conn) kick() {
 	select {

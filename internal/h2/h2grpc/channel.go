@@ -22,8 +22,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/healthgate/healthgate/internal/backoff"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"sync"
 	"time"
@@ -282,7 +282,7 @@ func (ch *Channel) run() {
 				return
 			}
 			ch.setState(connectivity.TransientFailure, nil, err)
-			if !ch.sleep(backoff(ch.cfg.BackoffBase, ch.cfg.BackoffMax, attempt)) {
+			if !ch.sleep(backoff.Delay(ch.cfg.BackoffBase, ch.cfg.BackoffMax, attempt)) {
 				return
 			}
 			attempt++
@@ -309,7 +309,7 @@ func (ch *Channel) run() {
 			attempt = 0
 			continue
 		}
-		if !ch.sleep(backoff(ch.cfg.BackoffBase, ch.cfg.BackoffMax, attempt)) {
+		if !ch.sleep(backoff.Delay(ch.cfg.BackoffBase, ch.cfg.BackoffMax, attempt)) {
 			return
 		}
 		attempt++
@@ -445,18 +445,3 @@ func (ch *Channel) Invoke(ctx context.Context, method string, args, reply any, o
 }
 
 var _ grpc.ClientConnInterface = (*Channel)(nil)
-
-// backoff is base * 1.6^attempt, capped at max, with ±20% jitter, as
-// grpc-go's connection backoff.
-func backoff(base, max time.Duration, attempt int) time.Duration {
-	d := float64(base)
-	for range attempt {
-		d *= 1.6
-		if d >= float64(max) {
-			d = float64(max)
-			break
-		}
-	}
-	d *= 0.8 + 0.4*rand.Float64()
-	return time.Duration(d)
-}
