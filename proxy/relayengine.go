@@ -585,7 +585,7 @@ func (h clientSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
 	}
 	st := codes.Canceled
 	msg := "healthgate: the client cancelled the call"
-	if !c.deadline.IsZero() && !time.Now().Before(c.deadline.Add(-time.Millisecond)) {
+	if !c.deadline.IsZero() && !time.Now().Before(c.deadline.Add(-deadlineSlack(c.deadline.Sub(c.start)))) {
 		st, msg = codes.DeadlineExceeded, "healthgate: the client's deadline passed"
 	}
 	if err != nil {
@@ -759,6 +759,16 @@ func (c *relayCall) upAddr() string {
 		return ""
 	}
 	return c.up.Addr()
+}
+
+// deadlineSlack is how early before the gateway's idea of a call's
+// deadline a client's cancel still counts as the deadline passing. The
+// gateway's deadline is later than the client's by the time its HEADERS
+// took to arrive (grpc-timeout is what remained when they were sent), and
+// the client's cancel may take less time to arrive than they did: a tenth
+// of the timeout, within 2 ms to 100 ms, tells the two apart in practice.
+func deadlineSlack(timeout time.Duration) time.Duration {
+	return min(max(timeout/10, 2*time.Millisecond), 100*time.Millisecond)
 }
 
 // expired is the deadline's timer.
