@@ -34,10 +34,6 @@ type RelayUpstream interface {
 	RelayConn() *h2.Conn
 }
 
-// callCtx is the Picker's context for relayed calls: the relay has no
-// per-call context, and the Picker only reads values from it.
-var callCtx = context.Background()
-
 // relayCall is one call relayed: the client's stream, the backend's, and
 // what is known of the call. Events come from both connections'
 // goroutines and the deadline's timer; mu orders them.
@@ -481,7 +477,7 @@ func (c *relayCall) open() {
 		if svc, ok := serviceOf(c.method); ok && r.local[svc] != nil {
 			up = r.local[svc]
 		} else {
-			up, err = r.p.picker.Pick(callCtx, c.method, c.tried)
+			up, err = r.p.picker.Pick(context.Background(), c.method, c.tried)
 		}
 		if err != nil {
 			st := pickStatus(err)
