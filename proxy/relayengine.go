@@ -477,6 +477,8 @@ func (c *relayCall) open() {
 		if svc, ok := serviceOf(c.method); ok && r.local[svc] != nil {
 			up = r.local[svc]
 		} else {
+			// A relayed call has no context of its own; the Picker only
+			// reads values from one.
 			up, err = r.p.picker.Pick(context.Background(), c.method, c.tried)
 		}
 		if err != nil {
