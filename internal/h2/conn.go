@@ -187,9 +187,6 @@ type Conn struct {
 	closeErr       error
 	writerDone     chan struct{}
 	closeDone      chan struct{} // closed when closeWith has finished
-	// lastActive is when the connection last had a stream end or begin,
-	// or was created: for idle timeouts.
-	lastActive time.Time
 	// onIdle is called (without mu) when the last stream closes.
 	onIdle func()
 	// onReady is called once the handshake is done.
@@ -197,6 +194,10 @@ type Conn struct {
 	// first are the SETTINGS the writer sends first (after the preface,
 	// for a Client); nil once sent.
 	first []http2.Setting
+	// maxFrame is the peer's largest frame as of the writer's last
+	// collect: the writer goroutine's alone, so that writing a frame takes
+	// no lock.
+	maxFrame uint32
 	// wroteStream is set by the writer when it writes HEADERS or DATA and
 	// cleared by each PING received: a PING after an answer is keepalive
 	// that is earning its keep, not a flood.
@@ -242,7 +243,6 @@ func NewConn(nc net.Conn, role Role, cfg Config) *Conn {
 		sendWindow:       65535,
 		recvWindow:       65535,
 		nextStreamID:     1,
-		lastActive:       time.Now(),
 	}
 	c.br = bufio.NewReaderSize(nc, cfg.ReadBufferSize)
 	c.bw = bufio.NewWriterSize(nc, cfg.WriteBufferSize)
@@ -686,7 +686,6 @@ func (c *Conn) newStreamLocked(id uint32) *Stream {
 	s := &Stream{c: c, id: id, sendWindow: c.peerStreamWindow, recvWindow: int32(c.cfg.StreamWindow), contentLength: -1}
 	c.streams[id] = s
 	c.active++
-	c.lastActive = time.Now()
 	return s
 }
 
@@ -847,7 +846,6 @@ func (c *Conn) closeStreamLocked(s *Stream) {
 	}
 	s.out = nil
 	c.active--
-	c.lastActive = time.Now()
 	if c.active == 0 {
 		if c.goAwaySent && !c.closed {
 			// Drained: every stream the GOAWAY let finish has.

@@ -97,7 +97,6 @@ func (c *Conn) OpenStream(fields []hpack.HeaderField, endStream bool, h Handler)
 	s.localDone = endStream
 	c.pending = append(c.pending, s)
 	c.active++
-	c.lastActive = timeNow()
 	c.mu.Unlock()
 	c.kick()
 	return s, nil

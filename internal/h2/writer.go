@@ -2,14 +2,9 @@ package h2
 
 import (
 	"runtime"
-	"time"
 
 	"golang.org/x/net/http2"
 )
-
-// timeNow is time.Now; a variable of the package only in name, never
-// replaced.
-func timeNow() time.Time { return time.Now() }
 
 // encBuffer collects one HPACK-encoded header block.
 type encBuffer struct{ b []byte }
@@ -122,6 +117,7 @@ func (c *Conn) collect(picks []pick, ctrls []ctrlFrame) ([]pick, []ctrlFrame, ui
 		picks = append(picks, pick{ctrl: &ctrls[i]})
 	}
 	tableSize, tableChanged := c.peerTableSize, c.tableSizeChanged
+	c.maxFrame = c.peerMaxFrame
 	c.tableSizeChanged = false
 	if c.closed {
 		return picks, ctrls, tableSize, tableChanged, true
@@ -243,7 +239,7 @@ func (c *Conn) writeHeaders(id uint32, it outItem) error {
 		}
 	}
 	block := c.encBuf.b
-	max := int(c.peerMaxFrameSize())
+	max := int(c.maxFrame)
 	first := block
 	if len(first) > max {
 		first = first[:max]
@@ -265,14 +261,8 @@ func (c *Conn) writeHeaders(id uint32, it outItem) error {
 	return nil
 }
 
-func (c *Conn) peerMaxFrameSize() uint32 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.peerMaxFrame
-}
-
 func (c *Conn) writeData(id uint32, data []byte, end bool) error {
-	max := int(c.peerMaxFrameSize())
+	max := int(c.maxFrame)
 	for {
 		chunk := data
 		if len(chunk) > max {
