@@ -1033,8 +1033,3 @@ func (c *Conn) CanOpen() bool {
 	defer c.mu.Unlock()
 	return !c.closed && !c.goAwayRecv && !c.goAwaySent
 }
-
-// Ping sends a PING.
-func (c *Conn) Ping(data [8]byte) {
-	_ = c.queueControl(ctrlFrame{kind: ctrlPing, data: data})
-}

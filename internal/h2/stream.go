@@ -70,16 +70,6 @@ type outItem struct {
 // at the end of the stream.
 func (s *Stream) lengthOK() bool { return s.contentLength < 0 || s.received == s.contentLength }
 
-// ID is the stream's ID; 0 for a Client stream not yet sent.
-func (s *Stream) ID() uint32 {
-	s.c.mu.Lock()
-	defer s.c.mu.Unlock()
-	return s.id
-}
-
-// Conn is the stream's connection.
-func (s *Stream) Conn() *Conn { return s.c }
-
 // Accept sets a Server stream's handler; OnStream must call it (or Reset).
 func (s *Stream) Accept(h Handler) { s.h = h }
 
@@ -196,11 +186,4 @@ func (s *Stream) Consumed(n int) {
 	if wake {
 		c.kick()
 	}
-}
-
-// Closed reports whether the stream is over for this end.
-func (s *Stream) Closed() bool {
-	s.c.mu.Lock()
-	defer s.c.mu.Unlock()
-	return s.closed
 }
