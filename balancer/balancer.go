@@ -104,9 +104,9 @@ func (e *NotSyncedError) GRPCStatus() *status.Status {
 	return status.New(codes.Unavailable, "healthgate: "+e.Error())
 }
 
-// picker chooses among one route's routable backends. It never changes after
-// it is built.
-type picker struct {
+// Route chooses among one route's routable backends. It never changes
+// after it is built.
+type Route struct {
 	route  string
 	policy Policy
 	// ring holds each backend as many times as its weight, interleaved, for
@@ -120,8 +120,8 @@ type picker struct {
 }
 
 type table struct {
-	routes map[string]*picker
-	dflt   *picker // nil without a default route
+	routes map[string]*Route
+	dflt   *Route // nil without a default route
 	synced bool
 }
 
@@ -160,7 +160,7 @@ func New(cfg Config, logger *slog.Logger) (*Balancer, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	b := &Balancer{cfg: cfg, log: logger.With("component", "balancer"), built: map[string]builtFrom{}}
-	b.table.Store(&table{routes: map[string]*picker{}})
+	b.table.Store(&table{routes: map[string]*Route{}})
 	return b, nil
 }
 
@@ -208,7 +208,7 @@ type rebuild struct {
 func (b *Balancer) updateLocked(st *healthcheck.State) []rebuild {
 	var rebuilt []rebuild
 	old := b.table.Load()
-	t := &table{routes: make(map[string]*picker, len(st.Routes)), synced: st.Synced}
+	t := &table{routes: make(map[string]*Route, len(st.Routes)), synced: st.Synced}
 	for name, r := range st.Routes {
 		prev, seen := b.built[name]
 		p, havePicker := old.routes[name]
@@ -241,7 +241,7 @@ func (b *Balancer) updateLocked(st *healthcheck.State) []rebuild {
 	return rebuilt
 }
 
-func (b *Balancer) build(route string, keys []key) *picker {
+func (b *Balancer) build(route string, keys []key) *Route {
 	policy := b.cfg.Default
 	if p, ok := b.cfg.Policies[route]; ok {
 		policy = p
@@ -249,7 +249,7 @@ func (b *Balancer) build(route string, keys []key) *picker {
 	if policy == "" {
 		policy = RoundRobin
 	}
-	p := &picker{route: route, policy: policy, noUpstream: &NoUpstreamError{Route: route}}
+	p := &Route{route: route, policy: policy, noUpstream: &NoUpstreamError{Route: route}}
 	g := 0
 	for _, k := range keys {
 		g = gcd(g, k.weight)
@@ -279,14 +279,19 @@ func gcd(a, b int) int {
 	return a
 }
 
-// Pick chooses the backend for a call to fullMethod ("/pkg.Service/Method")
-// among the routable backends of its route, other than those in tried (the
-// backends the call was already sent to without being accepted). It never
-// blocks. The backend is counted in flight (Handle.Begin); the caller calls
-// its Done when the call ends. Errors carry their gRPC status:
-// UNIMPLEMENTED when no route covers the service, UNAVAILABLE when the
-// route has no routable backend left or discovery has not synced.
-func (b *Balancer) Pick(_ context.Context, fullMethod string, tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
+// Headers are a call's request headers as the balancer reads them.
+type Headers interface {
+	// Get returns the first value of the lowercase header name, or "".
+	Get(name string) string
+}
+
+// Route returns the route of a call to fullMethod ("/pkg.Service/Method")
+// whose request headers are h (nil: none): the backends it may go to, as
+// they are now.
+// It never blocks. Errors carry their gRPC status: UNIMPLEMENTED when no
+// route covers the service, UNAVAILABLE when discovery has not synced and
+// the route has no backend yet.
+func (b *Balancer) Route(fullMethod string, _ Headers) (*Route, error) {
 	t := b.table.Load()
 	svc := serviceOf(fullMethod)
 	p, ok := t.routes[svc]
@@ -298,12 +303,35 @@ func (b *Balancer) Pick(_ context.Context, fullMethod string, tried []*healthche
 			return nil, &NoRouteError{Service: svc}
 		}
 	}
+	if len(p.hs) == 0 && !t.synced {
+		return nil, &NotSyncedError{Service: svc}
+	}
+	return p, nil
+}
+
+// Pick chooses the backend for a call to fullMethod: Route, then the
+// route's Pick.
+func (b *Balancer) Pick(_ context.Context, fullMethod string, tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
+	r, err := b.Route(fullMethod, nil)
+	if err != nil {
+		return nil, err
+	}
+	return r.Pick(tried)
+}
+
+// Name is the route's name: its service, or "*".
+func (p *Route) Name() string { return p.route }
+
+// Pick chooses the backend of an attempt among the route's routable
+// backends, other than those in tried (the backends the call was already
+// sent to without being accepted). It never blocks. The backend is counted
+// in flight (Handle.Begin); the caller calls its Done when the call ends.
+// The error, UNAVAILABLE, says that the route has no routable backend
+// left.
+func (p *Route) Pick(tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
 	var h *healthcheck.Handle
 	switch n := uint32(len(p.hs)); {
 	case n == 0:
-		if !t.synced {
-			return nil, &NotSyncedError{Service: svc}
-		}
 		return nil, p.noUpstream
 	case p.policy == LeastRequest && n > 1:
 		i := rand.Uint32N(n)
@@ -334,7 +362,7 @@ func (b *Balancer) Pick(_ context.Context, fullMethod string, tried []*healthche
 
 // untried is the first backend after position i that the call has not been
 // sent to, or nil.
-func (p *picker) untried(list []*healthcheck.Handle, i uint32, tried []*healthcheck.Handle) *healthcheck.Handle {
+func (p *Route) untried(list []*healthcheck.Handle, i uint32, tried []*healthcheck.Handle) *healthcheck.Handle {
 	n := uint32(len(list))
 	for k := uint32(1); k <= n; k++ {
 		if c := list[(i+k)%n]; !slices.Contains(tried, c) {

@@ -98,6 +98,9 @@ type Route struct {
 	Health healthcheckcfg.RouteConfig `yaml:",inline"`
 	// Policy: round_robin (default) or least_request.
 	Policy balancercfg.Policy `yaml:"policy"`
+	// Traffic is the route's forwarding policy (timeout, ...); proxy
+	// owns it.
+	Traffic proxycfg.RoutePolicy `yaml:",inline"`
 }
 
 // Shutdown tunes the drain on SIGTERM: the gateway reports NOT_SERVING at
@@ -227,6 +230,9 @@ func (c *Config) Validate() error {
 		}
 		if err := r.Policy.Validate(); err != nil {
 			return fmt.Errorf("%s.policy: %w", f, err)
+		}
+		if err := r.Traffic.Validate(); err != nil {
+			return fmt.Errorf("%s.%w", f, err)
 		}
 	}
 	for _, d := range []struct {

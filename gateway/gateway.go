@@ -66,6 +66,8 @@ type Gateway struct {
 	local   *localUpstream
 	connect *discovery.ConnectCA
 	state   atomic.Pointer[healthcheck.State]
+	// policies are the routes' traffic policies, by route name.
+	policies atomic.Pointer[map[string]*proxy.RoutePolicy]
 
 	// listening is true while the listener accepts calls.
 	listening atomic.Bool
@@ -99,6 +101,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	g.policies.Store(&p.policies)
 	g.source = discovery.NewSwitch(p.source)
 	// Always there, idle until a Connect backend needs it: Consul may come
 	// with a reload.
@@ -124,7 +127,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	px, err := proxy.New(proxy.Config{Settings: cfg.Proxy, Observer: g.metrics, ListenTLS: listenTLS}, picker{g.bal}, logger)
+	px, err := proxy.New(proxy.Config{Settings: cfg.Proxy, Observer: g.metrics, ListenTLS: listenTLS}, picker{g.bal, &g.policies}, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -199,14 +202,17 @@ type plan struct {
 	source   discovery.Source
 	routes   map[string]healthcheck.RouteConfig
 	balancer balancer.Config
+	// policies are the proxy's per-route policies, by route name.
+	policies map[string]*proxy.RoutePolicy
 }
 
 func (g *Gateway) plan(cfg config.Config) (plan, error) {
-	p := plan{routes: map[string]healthcheck.RouteConfig{}}
+	p := plan{routes: map[string]healthcheck.RouteConfig{}, policies: map[string]*proxy.RoutePolicy{}}
 	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt}
 	for _, r := range cfg.Routes {
 		p.balancer.Policies[r.Service] = r.Policy
 		p.routes[r.Service] = r.Health
+		p.policies[r.Service] = &r.Traffic
 	}
 	src, err := sources(cfg, g.log, g.metrics)
 	if err != nil {
@@ -218,9 +224,27 @@ func (g *Gateway) plan(cfg config.Config) (plan, error) {
 
 // picker adapts the balancer to the proxy's interface; the proxy declares
 // what it needs and imports nothing of the stages before it.
-type picker struct{ b *balancer.Balancer }
+type picker struct {
+	b *balancer.Balancer
+	// policies are the routes' traffic policies by route name, swapped
+	// whole on reload; a route not listed has none of its own.
+	policies *atomic.Pointer[map[string]*proxy.RoutePolicy]
+}
 
-func (p picker) Pick(ctx context.Context, fullMethod string, tried []proxy.Upstream) (proxy.Upstream, error) {
+func (p picker) Route(fullMethod string, h proxy.Headers) (proxy.Route, error) {
+	r, err := p.b.Route(fullMethod, h)
+	if err != nil {
+		return proxy.Route{}, err
+	}
+	name := r.Name()
+	return proxy.Route{Name: name, Policy: (*p.policies.Load())[name], Backends: backends{r}}, nil
+}
+
+// backends are a balancer route as the proxy sees it. A struct of one
+// pointer, so making it an interface value allocates nothing.
+type backends struct{ r *balancer.Route }
+
+func (b backends) Pick(tried []proxy.Upstream) (proxy.Upstream, error) {
 	var hs []*healthcheck.Handle
 	if len(tried) > 0 {
 		hs = make([]*healthcheck.Handle, 0, len(tried))
@@ -230,7 +254,7 @@ func (p picker) Pick(ctx context.Context, fullMethod string, tried []proxy.Upstr
 			}
 		}
 	}
-	h, err := p.b.Pick(ctx, fullMethod, hs)
+	h, err := b.r.Pick(hs)
 	if err != nil {
 		return nil, err
 	}
@@ -386,6 +410,7 @@ func (g *Gateway) Reload(cfg config.Config) (needRestart []string, err error) {
 	if err := g.bal.SetConfig(p.balancer); err != nil {
 		return nil, fmt.Errorf("gateway: reload: %w", err)
 	}
+	g.policies.Store(&p.policies)
 	g.mu.Lock()
 	kept, needRestart := splitReload(g.cfg, cfg)
 	g.cfg = kept

@@ -54,17 +54,25 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		return err
 	}
 
-	if _, ok := ctx.Deadline(); !ok && p.cfg.DefaultTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.cfg.DefaultTimeout)
-		defer cancel()
+	reqMD, from := requestMD(ctx)
+	rt, err := p.picker.Route(method, mdHeaders(reqMD))
+	if err != nil {
+		st := pickStatus(err)
+		info.Routed = st.Code() != codes.Unimplemented
+		return finish(st.Err())
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		if d, ok := p.timeout(&rt); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
 	}
 	// Cancelling this context is how the backend learns that the call is
 	// over from the client's side (cancel, deadline, oversized message).
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	reqMD, from := requestMD(ctx)
 	opts := p.callOpts
 	if ct := reqMD["content-type"]; len(ct) > 0 {
 		if sub := contentSubtype(ct[0]); sub != "" {
@@ -90,7 +98,7 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	}
 	for {
 		var err error
-		up, err = p.picker.Pick(ctx, method, tried)
+		up, err = rt.Backends.Pick(tried)
 		if err != nil {
 			st := pickStatus(err)
 			info.Routed = st.Code() != codes.Unimplemented
@@ -157,6 +165,16 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	up.Done(o)
 	info.RequestBytes, info.ResponseBytes = pump.bytes.Load(), n.resp
 	return finish(err)
+}
+
+// mdHeaders are grpc metadata as a Picker reads them.
+type mdHeaders metadata.MD
+
+func (m mdHeaders) Get(name string) string {
+	if v := m[name]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // notAccepted reports whether a backend stream's error says the backend

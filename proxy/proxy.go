@@ -8,7 +8,6 @@
 package proxy
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -101,15 +100,55 @@ type CallInfo struct {
 	ClientIdentity string
 }
 
-// Picker chooses the upstream of each call.
+// Headers are a call's request headers as a Picker may read them.
+type Headers interface {
+	// Get returns the first value of the lowercase header name, or "".
+	Get(name string) string
+}
+
+// Picker chooses where each call goes: its route, then in it the upstream
+// of each attempt.
 type Picker interface {
-	// Pick returns the upstream for a call to fullMethod
-	// ("/package.Service/Method"), other than those in tried: upstreams
-	// the call was sent to that did not accept it. It must not block: when
-	// no backend can take the call it fails at once. An error carrying a
-	// gRPC status (see status.FromError) reaches the client with that
-	// status; any other error reaches it as UNAVAILABLE.
-	Pick(ctx context.Context, fullMethod string, tried []Upstream) (Upstream, error)
+	// Route returns the route of a call to fullMethod
+	// ("/package.Service/Method") whose request headers are h: the route
+	// covering the service, narrowed to the backends the headers select
+	// when the route says so. It must not block. An error carrying a gRPC
+	// status (see status.FromError) reaches the client with that status;
+	// any other error reaches it as UNAVAILABLE.
+	Route(fullMethod string, h Headers) (Route, error)
+}
+
+// Route is where one call goes, as the Picker chose it.
+type Route struct {
+	// Name names the route in logs and metrics.
+	Name string
+	// Policy is the route's traffic policy; nil means the proxy's own
+	// settings alone.
+	Policy *RoutePolicy
+	// Backends chooses the upstream of each attempt.
+	Backends Backends
+}
+
+// RoutePolicy is a route's traffic policy; see proxycfg for why it is
+// defined there.
+type RoutePolicy = proxycfg.RoutePolicy
+
+// Backends chooses among a route's upstreams.
+type Backends interface {
+	// Pick returns the upstream for an attempt, other than those in tried:
+	// upstreams the call was sent to that did not accept it. It must not
+	// block: when no backend can take the call it fails at once, with an
+	// error as Picker.Route's.
+	Pick(tried []Upstream) (Upstream, error)
+}
+
+// timeout is the deadline a call without one of its own gets on route rt:
+// the route's, else the proxy's default; false for none.
+func (p *Proxy) timeout(rt *Route) (time.Duration, bool) {
+	if rt.Policy != nil && rt.Policy.Timeout > 0 {
+		return rt.Policy.Timeout, true
+	}
+	return p.cfg.DefaultTimeout, p.cfg.DefaultTimeout > 0
 }
 
 // Config tunes forwarding. The zero value is ready to use.

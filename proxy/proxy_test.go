@@ -52,7 +52,11 @@ type picker struct {
 	err error
 }
 
-func (p *picker) Pick(context.Context, string, []proxy.Upstream) (proxy.Upstream, error) {
+func (p *picker) Route(string, proxy.Headers) (proxy.Route, error) {
+	return proxy.Route{Name: "test", Backends: p}, nil
+}
+
+func (p *picker) Pick([]proxy.Upstream) (proxy.Upstream, error) {
 	if p.err != nil {
 		return nil, p.err
 	}
@@ -636,7 +640,11 @@ type seqPicker struct {
 	tried [][]proxy.Upstream
 }
 
-func (p *seqPicker) Pick(_ context.Context, _ string, tried []proxy.Upstream) (proxy.Upstream, error) {
+func (p *seqPicker) Route(string, proxy.Headers) (proxy.Route, error) {
+	return proxy.Route{Name: "test", Backends: p}, nil
+}
+
+func (p *seqPicker) Pick(tried []proxy.Upstream) (proxy.Upstream, error) {
 	p.tried = append(p.tried, append([]proxy.Upstream(nil), tried...))
 	if len(p.tried) > len(p.ups) {
 		return nil, status.Error(codes.Unavailable, "no healthy upstream left")

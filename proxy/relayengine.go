@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
@@ -52,6 +51,10 @@ type relayCall struct {
 	// request byte was sent.
 	reqFields []hpack.HeaderField
 	reqEnded  bool
+	// route is where the call goes; local instead when the gateway serves
+	// the service itself.
+	route Route
+	local RelayUpstream
 
 	mu       sync.Mutex
 	backend  *h2.Stream
@@ -410,8 +413,16 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 		call.earlyAbort(400, codes.Internal, err.Error())
 		return
 	}
-	if !hasTimeout && r.p.cfg.DefaultTimeout > 0 {
-		timeout, hasTimeout = r.p.cfg.DefaultTimeout, true
+	if svc, ok := serviceOf(call.method); ok && r.local[svc] != nil {
+		call.local = r.local[svc]
+	} else if call.route, err = r.p.picker.Route(call.method, frameHeaders{f}); err != nil {
+		st := pickStatus(err)
+		call.unrouted = st.Code() == codes.Unimplemented
+		call.fail(st.Code(), st.Message(), nil, Local)
+		return
+	}
+	if !hasTimeout {
+		timeout, hasTimeout = r.p.timeout(&call.route)
 	}
 	call.reqFields = r.outgoing(f, call, timeout, hasTimeout)
 	call.reqEnded = f.StreamEnded()
@@ -474,12 +485,10 @@ func (c *relayCall) open() {
 	for {
 		var up Upstream
 		var err error
-		if svc, ok := serviceOf(c.method); ok && r.local[svc] != nil {
-			up = r.local[svc]
+		if c.local != nil {
+			up = c.local
 		} else {
-			// A relayed call has no context of its own; the Picker only
-			// reads values from one.
-			up, err = r.p.picker.Pick(context.Background(), c.method, c.tried)
+			up, err = c.route.Backends.Pick(c.tried)
 		}
 		if err != nil {
 			st := pickStatus(err)
@@ -514,6 +523,18 @@ func (c *relayCall) open() {
 			return
 		}
 	}
+}
+
+// frameHeaders are a request's HEADERS as a Picker reads them.
+type frameHeaders struct{ f *http2.MetaHeadersFrame }
+
+func (h frameHeaders) Get(name string) string {
+	for _, hf := range h.f.RegularFields() {
+		if hf.Name == name {
+			return hf.Value
+		}
+	}
+	return ""
 }
 
 func serviceOf(method string) (string, bool) {

@@ -43,6 +43,23 @@ type Settings struct {
 	Engine string `yaml:"engine"`
 }
 
+// RoutePolicy is the traffic policy of one route: the keys of a routes:
+// entry that forwarding applies. The zero value is the proxy's settings
+// alone.
+type RoutePolicy struct {
+	// Timeout is the deadline given to the route's calls that arrive
+	// without one, instead of default_timeout. Zero means default_timeout.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Validate reports the first field that cannot be used, by its YAML key.
+func (r RoutePolicy) Validate() error {
+	if r.Timeout < 0 {
+		return fmt.Errorf("timeout: must not be negative, got %s", r.Timeout)
+	}
+	return nil
+}
+
 // The forwarding engines.
 const (
 	EngineGRPC  = "grpc"
