@@ -61,6 +61,7 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		info.Routed = st.Code() != codes.Unimplemented
 		return finish(st.Err())
 	}
+	info.Route = rt.Name
 	if _, ok := ctx.Deadline(); !ok {
 		if d, ok := p.timeout(&rt); ok {
 			var cancel context.CancelFunc

@@ -87,7 +87,9 @@ type CallInfo struct {
 	// Upstream is the backend's address; empty when none was picked.
 	Upstream string
 	// Routed is false when no route covered the service.
-	Routed   bool
+	Routed bool
+	// Route names the call's route; empty when it had none.
+	Route    string
 	Code     codes.Code
 	Duration time.Duration
 	// RequestBytes and ResponseBytes count message payloads as forwarded.

@@ -867,7 +867,7 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 	}
 	if obs := c.r.p.cfg.Observer; obs != nil {
 		info := CallInfo{
-			FullMethod: c.method, Routed: !c.unrouted, Code: code, Duration: time.Since(c.start),
+			FullMethod: c.method, Routed: !c.unrouted, Route: c.route.Name, Code: code, Duration: time.Since(c.start),
 			RequestBytes: c.reqBytes, ResponseBytes: c.respBytes, Attempts: c.attempts,
 			ClientIdentity: c.tlsID,
 		}
