@@ -30,6 +30,7 @@ import (
 
 	"github.com/healthgate/healthgate/discovery"
 	"github.com/healthgate/healthgate/healthcheck/healthcheckcfg"
+	"github.com/healthgate/healthgate/internal/h2"
 )
 
 // MetaHealthService is the discovery metadata key (Consul service meta)
@@ -162,6 +163,9 @@ type Checker struct {
 	log   *slog.Logger
 	wake  chan struct{}
 	alive atomic.Bool // Run is running; guards against a second Run
+	// pool holds the buffers the relay's backend connections read DATA
+	// into, shared by all of them.
+	pool *h2.Pool
 
 	// outlier is the passive detection in force, read by every call's Done.
 	outlier atomic.Pointer[outlierPolicy]
@@ -204,6 +208,9 @@ func New(cfg Config, logger *slog.Logger) (*Checker, error) {
 		dirty:   map[string]struct{}{},
 		ejected: map[*Handle]struct{}{},
 		drained: make(chan struct{}),
+	}
+	if cfg.RelayConns {
+		c.pool = h2.NewPool(h2.DefaultMaxFrameSize)
 	}
 	c.outlier.Store(newOutlierPolicy(cfg.Outlier))
 	return c, nil

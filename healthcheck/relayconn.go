@@ -67,6 +67,7 @@ func (b *Handle) newRelayChannel() (*h2grpc.Channel, error) {
 			ConnCreditOnReceipt: true,
 			StreamWindow:        1 << 20,
 			ConnWindow:          16 << 20,
+			Pool:                b.c.pool,
 			Logger:              b.log,
 		},
 		BackoffBase:    relayBackoffBase,

@@ -121,7 +121,9 @@ type Relay struct {
 	local map[string]RelayUpstream
 	ua    string
 	tls   *tls.Config
-	bufs  sync.Pool
+	// pool holds the buffers client DATA is read into, shared by every
+	// client connection.
+	pool *h2.Pool
 
 	mu       sync.Mutex
 	conns    map[*h2.Conn]struct{}
@@ -150,7 +152,7 @@ func (p *Proxy) NewRelay(cfg RelayConfig) *Relay {
 			r.tls.NextProtos = append(r.tls.NextProtos, "h2")
 		}
 	}
-	r.bufs.New = func() any { b := make([]byte, 16<<10); return &b }
+	r.pool = h2.NewPool(h2.DefaultMaxFrameSize)
 	return r
 }
 
@@ -217,6 +219,7 @@ func (r *Relay) serveConn(nc net.Conn) {
 		MaxHeaderListSize:    l.MaxHeaderListBytes,
 		StreamWindow:         1 << 20,
 		ConnWindow:           16 << 20,
+		Pool:                 r.pool,
 		OnStream: func(s *h2.Stream, f *http2.MetaHeadersFrame) {
 			r.startCall(s, f, policy, tlsID)
 		},
@@ -559,27 +562,31 @@ func (h clientSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 	if f.StreamEnded() {
 		c.reqEnded = true
 		if c.backend != nil {
-			c.backend.WriteData(nil, true, nil)
+			c.backend.WriteData(h2.Chunk{}, true)
 		}
 	}
 }
 
-func (h clientSide) Data(s *h2.Stream, p []byte, end bool) {
+func (h clientSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 	c := h.c
+	p := ch.B
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done {
+		ch.Release()
 		s.Consumed(len(p))
 		return
 	}
 	l, payload := c.reqMsg.feed(p, c.r.p.cfg.MaxRequestBytes)
 	if l > 0 {
+		ch.Release()
 		c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", l, c.r.p.cfg.MaxRequestBytes), nil, FromClient)
 		s.Consumed(len(p))
 		return
 	}
 	c.reqBytes += int64(payload)
 	if c.backend == nil {
+		ch.Release()
 		s.Consumed(len(p))
 		return
 	}
@@ -587,9 +594,8 @@ func (h clientSide) Data(s *h2.Stream, p []byte, end bool) {
 		c.reqEnded = true
 	}
 	c.sentReq = c.sentReq || len(p) > 0
-	buf, release := c.r.copyOf(p)
 	c.reqPending += len(p)
-	c.backend.WriteData(buf, end, release)
+	c.backend.WriteData(ch, end)
 }
 
 func (h clientSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
@@ -635,8 +641,8 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 	}
 	fields := responseFields(f)
 	end := f.StreamEnded()
-	c.client.WriteHeaders(fields, end)
 	if !end {
+		c.client.WriteHeaders(fields, end)
 		c.answered = true
 		return
 	}
@@ -649,7 +655,9 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 		code = httpCode(f.PseudoValue("status"))
 	}
 	c.answered = true
+	// The call is recorded before the client can see its end.
 	c.finishLocked(code, "", FromBackend)
+	c.client.WriteHeaders(fields, true)
 }
 
 // responseFields are the backend's response headers or trailers as the
@@ -704,24 +712,26 @@ func httpCode(s string) codes.Code {
 	return codes.Unknown
 }
 
-func (h backendSide) Data(s *h2.Stream, p []byte, end bool) {
+func (h backendSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 	c := h.c
+	p := ch.B
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done || s != c.backend {
+		ch.Release()
 		s.Consumed(len(p))
 		return
 	}
 	l, payload := c.respMsg.feed(p, c.r.p.cfg.MaxResponseBytes)
 	if l > 0 {
+		ch.Release()
 		s.Consumed(len(p))
 		s.Reset(http2.ErrCodeCancel)
 		c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", l, c.r.p.cfg.MaxResponseBytes), nil, Local)
 		return
 	}
 	c.respBytes += int64(payload)
-	buf, release := c.r.copyOf(p)
-	c.client.WriteData(buf, false, release)
+	c.client.WriteData(ch, false)
 	if end {
 		// A response without trailers: the backend broke the protocol.
 		c.failLocked(codes.Internal, "healthgate: the backend ended the stream without a status", nil, FromBackend)
@@ -828,9 +838,10 @@ func (c *relayCall) failLocked(code codes.Code, msg string, _ []hpack.HeaderFiel
 	if msg != "" {
 		fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: encodeGrpcMessage(msg)})
 	}
-	c.client.WriteHeaders(fields, true)
 	c.answered = true
+	// The call is recorded before the client can see its end.
 	c.finishLocked(code, msg, origin)
+	c.client.WriteHeaders(fields, true)
 }
 
 // earlyAbort answers a request the gateway will not take with an HTTP
@@ -838,14 +849,14 @@ func (c *relayCall) failLocked(code codes.Code, msg string, _ []hpack.HeaderFiel
 func (c *relayCall) earlyAbort(httpStatus int, code codes.Code, msg string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.answered = true
+	c.finishLocked(code, msg, FromClient)
 	c.client.WriteHeaders([]hpack.HeaderField{
 		{Name: ":status", Value: strconv.Itoa(httpStatus)},
 		{Name: "content-type", Value: "application/grpc"},
 		{Name: "grpc-status", Value: strconv.Itoa(int(code))},
 		{Name: "grpc-message", Value: encodeGrpcMessage(msg)},
 	}, true)
-	c.answered = true
-	c.finishLocked(code, msg, FromClient)
 }
 
 // finishLocked records the end of the call: the upstream's outcome and
@@ -876,23 +887,6 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 		}
 		obs.CallFinished(info)
 	}
-}
-
-// copyOf copies a DATA payload into a pooled buffer, which the writer
-// gives back once it is written.
-func (r *Relay) copyOf(p []byte) ([]byte, func()) {
-	if len(p) == 0 {
-		return nil, nil
-	}
-	if len(p) > 16<<10 {
-		b := make([]byte, len(p))
-		copy(b, p)
-		return b, nil
-	}
-	bp := r.bufs.Get().(*[]byte)
-	b := (*bp)[:len(p)]
-	copy(b, p)
-	return b, func() { r.bufs.Put(bp) }
 }
 
 // grpcTimeout reads the grpc-timeout header.

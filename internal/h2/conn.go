@@ -65,8 +65,12 @@ type Config struct {
 	// given back as streams' data is Consumed, which bounds what the
 	// connection holds at ConnWindow.
 	ConnCreditOnReceipt bool
-	// MaxFrameSize is the largest frame the peer may send. Zero means 16 KiB.
+	// MaxFrameSize is the largest frame the peer may send. Zero means
+	// DefaultMaxFrameSize.
 	MaxFrameSize uint32
+	// Pool holds the buffers DATA payloads are read into; nil means each
+	// gets memory of its own. Its buffers should hold MaxFrameSize.
+	Pool *Pool
 	// WriteBufferSize and ReadBufferSize size the socket buffers. Zero
 	// means 64 KiB each.
 	WriteBufferSize, ReadBufferSize int
@@ -111,7 +115,7 @@ func (c Config) withDefaults(role Role) Config {
 		c.ConnWindow = 16 << 20
 	}
 	if c.MaxFrameSize == 0 {
-		c.MaxFrameSize = 16 << 10
+		c.MaxFrameSize = DefaultMaxFrameSize
 	}
 	if c.WriteBufferSize == 0 {
 		c.WriteBufferSize = 64 << 10
@@ -139,10 +143,10 @@ type Conn struct {
 	cfg  Config
 	log  *slog.Logger
 
-	br *bufio.Reader
-	rf *http2.Framer // read side; the reader goroutine's alone
-	bw *bufio.Writer
-	wf *http2.Framer // write side; the writer goroutine's alone
+	br  *bufio.Reader
+	rf  *http2.Framer // read side; the reader goroutine's alone
+	out *outBuf
+	wf  *http2.Framer // write side; the writer goroutine's alone
 	// enc and encBuf are the writer goroutine's: headers are encoded in
 	// the order they are written, as HPACK requires.
 	enc    *hpack.Encoder
@@ -245,13 +249,13 @@ func NewConn(nc net.Conn, role Role, cfg Config) *Conn {
 		nextStreamID:     1,
 	}
 	c.br = bufio.NewReaderSize(nc, cfg.ReadBufferSize)
-	c.bw = bufio.NewWriterSize(nc, cfg.WriteBufferSize)
+	c.out = newOutBuf(nc, cfg.WriteBufferSize)
 	c.rf = http2.NewFramer(nil, c.br)
 	c.rf.SetMaxReadFrameSize(cfg.MaxFrameSize)
 	c.rf.MaxHeaderListSize = cfg.MaxHeaderListSize
 	c.rf.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.rf.SetReuseFrames()
-	c.wf = http2.NewFramer(c.bw, nil)
+	c.wf = http2.NewFramer(c.out, nil)
 	c.enc = hpack.NewEncoder(&c.encBuf)
 	return c
 }
@@ -359,6 +363,12 @@ func (e goAwayError) Error() string { return fmt.Sprintf("h2: %s: %s", e.code, e
 
 func (c *Conn) readLoop() error {
 	for {
+		if ok, err := c.readData(); ok || err != nil {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		f, err := c.rf.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
@@ -376,6 +386,36 @@ func (c *Conn) readLoop() error {
 			return err
 		}
 	}
+}
+
+// readData reads the next frame itself when it is a plain DATA frame (no
+// padding, a stream, within the frame size limit): its payload goes from
+// the socket's read buffer straight into a pooled Chunk that the stream's
+// handler then owns, where the framer would read it into a buffer of its
+// own to be copied again. Anything else, and every malformed DATA frame,
+// is left to the framer, which checks it. ok reports that a frame was read.
+func (c *Conn) readData() (ok bool, err error) {
+	hdr, err := c.br.Peek(9)
+	if err != nil {
+		// The framer reads what there is and says what went wrong.
+		return false, nil
+	}
+	flags := http2.Flags(hdr[4])
+	if http2.FrameType(hdr[3]) != http2.FrameData || flags.Has(http2.FlagDataPadded) {
+		return false, nil
+	}
+	n := uint32(hdr[0])<<16 | uint32(hdr[1])<<8 | uint32(hdr[2])
+	id := binary.BigEndian.Uint32(hdr[5:]) & (1<<31 - 1)
+	if id == 0 || n > c.cfg.MaxFrameSize {
+		return false, nil
+	}
+	_, _ = c.br.Discard(9)
+	ch := c.cfg.Pool.get(int(n))
+	if _, err := io.ReadFull(c.br, ch.B); err != nil {
+		ch.Release()
+		return true, err
+	}
+	return true, c.data(id, int64(n), ch, flags.Has(http2.FlagDataEndStream))
 }
 
 func errString(err error) string {
@@ -412,7 +452,7 @@ func (c *Conn) handleFrame(f http2.Frame) error {
 	case *http2.MetaHeadersFrame:
 		return c.headers(f)
 	case *http2.DataFrame:
-		return c.data(f)
+		return c.data(f.StreamID, int64(f.Length), c.cfg.Pool.copyOf(f.Data()), f.StreamEnded())
 	case *http2.RSTStreamFrame:
 		return c.peerReset(f.StreamID, f.ErrCode)
 	case *http2.PriorityFrame:
@@ -689,57 +729,62 @@ func (c *Conn) newStreamLocked(id uint32) *Stream {
 	return s
 }
 
-func (c *Conn) data(f *http2.DataFrame) error {
-	n := int64(f.Length)
+// data takes a DATA frame of n bytes on the wire (padding included) whose
+// payload is ch.
+func (c *Conn) data(id uint32, n int64, ch Chunk, end bool) error {
+	payload := int64(len(ch.B))
 	c.mu.Lock()
 	if n > c.recvWindow {
 		c.mu.Unlock()
+		ch.Release()
 		return connError(http2.ErrCodeFlowControl, "DATA beyond the connection window")
 	}
 	c.recvWindow -= n
-	s := c.streams[f.StreamID]
+	s := c.streams[id]
 	if s == nil || s.remoteDone {
 		// Data for a stream we are done with still used the connection's
 		// window: give it back.
 		c.creditConnLocked(n)
 		c.mu.Unlock()
+		ch.Release()
 		c.kick()
-		if s == nil && f.StreamID > c.highestKnown() {
+		if s == nil && id > c.highestKnown() {
 			return connError(http2.ErrCodeProtocol, "DATA on a stream never opened")
 		}
 		if s != nil {
-			c.resetStream(f.StreamID, http2.ErrCodeStreamClosed, true)
+			c.resetStream(id, http2.ErrCodeStreamClosed, true)
 		}
 		return nil
 	}
 	if int32(n) > s.recvWindow {
 		c.creditConnLocked(n)
 		c.mu.Unlock()
-		c.resetStream(f.StreamID, http2.ErrCodeFlowControl, true)
+		ch.Release()
+		c.resetStream(id, http2.ErrCodeFlowControl, true)
 		return nil
 	}
 	s.recvWindow -= int32(n)
 	// Padding is flow-controlled but never reaches the consumer: its
 	// credit goes back at once.
-	if pad := n - int64(len(f.Data())); pad > 0 {
+	if pad := n - payload; pad > 0 {
 		s.unacked += int32(pad)
 	}
 	if c.cfg.ConnCreditOnReceipt {
 		c.creditConnLocked(n)
-	} else if pad := n - int64(len(f.Data())); pad > 0 {
+	} else if pad := n - payload; pad > 0 {
 		c.creditConnLocked(pad)
 	}
-	s.received += int64(len(f.Data()))
+	s.received += payload
 	c.mu.Unlock()
-	end := f.StreamEnded()
 	if (s.contentLength >= 0 && s.received > s.contentLength) || (end && !s.lengthOK()) {
-		c.resetStream(f.StreamID, http2.ErrCodeProtocol, true)
+		ch.Release()
+		c.resetStream(id, http2.ErrCodeProtocol, true)
 		return nil
 	}
 	if end {
 		c.remoteEnded(s)
 	}
-	s.h.Data(s, f.Data(), end)
+	s.h.Data(s, ch, end)
 	return nil
 }
 
@@ -840,9 +885,7 @@ func (c *Conn) closeStreamLocked(s *Stream) {
 		delete(c.streams, s.id)
 	}
 	for _, it := range s.out {
-		if it.release != nil {
-			it.release()
-		}
+		it.owner.Release()
 	}
 	s.out = nil
 	c.active--

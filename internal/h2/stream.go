@@ -11,9 +11,10 @@ import (
 type Handler interface {
 	// Headers: a header block; trailers when f.StreamEnded().
 	Headers(s *Stream, f *http2.MetaHeadersFrame)
-	// Data: payload bytes, valid only during the call. The stream's
-	// window shrinks by len(p) until Consumed gives it back.
-	Data(s *Stream, p []byte, endStream bool)
+	// Data: payload bytes, which the handler owns from then on: it
+	// passes ch to a WriteData or calls ch.Release. The stream's window
+	// shrinks by len(ch.B) until Consumed gives it back.
+	Data(s *Stream, ch Chunk, endStream bool)
 	// Reset: the stream ended abnormally: reset by the peer (err nil), or
 	// by the connection (err says why: closed, GOAWAY above the stream,
 	// a protocol error). No event follows.
@@ -62,8 +63,9 @@ type outItem struct {
 	fields []hpack.HeaderField
 	data   []byte
 	end    bool
-	// release, if set, is called once the item is written or dropped.
-	release func()
+	// owner is what data was cut from, released once the item is written
+	// or dropped.
+	owner Chunk
 }
 
 // lengthOK reports whether the DATA received matches the content-length,
@@ -109,21 +111,18 @@ func (s *Stream) WriteHeaders(fields []hpack.HeaderField, endStream bool) {
 	c.kick()
 }
 
-// WriteData queues p, sent as the peer's windows allow; the handler's
-// Sent reports each part written, and release (if not nil) is called
-// once p is no longer needed. It reports false, having released p, when
-// the stream is gone.
-func (s *Stream) WriteData(p []byte, endStream bool, release func()) bool {
+// WriteData queues ch's bytes, sent as the peer's windows allow; the
+// handler's Sent reports each part written, and ch is released once
+// written. It reports false, having released ch, when the stream is gone.
+func (s *Stream) WriteData(ch Chunk, endStream bool) bool {
 	c := s.c
 	c.mu.Lock()
 	if s.closed || s.localDone {
 		c.mu.Unlock()
-		if release != nil {
-			release()
-		}
+		ch.Release()
 		return false
 	}
-	s.out = append(s.out, outItem{kind: outData, data: p, end: endStream, release: release})
+	s.out = append(s.out, outItem{kind: outData, data: ch.B, end: endStream, owner: ch})
 	s.localDone = endStream
 	c.readyLocked(s)
 	c.mu.Unlock()

@@ -50,7 +50,7 @@ func (c *Conn) writeLoop() {
 			picks, ctrls, tableSize, tableChanged, closed = c.collect(picks[:0], ctrls[:0])
 			if len(picks) == 0 {
 				if closed {
-					_ = c.bw.Flush()
+					_ = c.out.Flush()
 					return
 				}
 				break
@@ -60,7 +60,9 @@ func (c *Conn) writeLoop() {
 			}
 			closeAfter, err := c.writePicks(picks)
 			if err == nil {
-				err = c.bw.Flush()
+				err = c.out.Flush()
+			} else {
+				c.out.discard()
 			}
 			c.afterWrite(picks)
 			if err != nil {
@@ -72,7 +74,7 @@ func (c *Conn) writeLoop() {
 				c.goAwaySent = true // no GOAWAY again from closeWith
 				c.mu.Unlock()
 				c.closeWith(nil)
-				_ = c.bw.Flush()
+				_ = c.out.Flush()
 				return
 			}
 		}
@@ -89,7 +91,7 @@ func (c *Conn) writeFirst() error {
 		return nil
 	}
 	if c.role == Client {
-		if _, err := c.bw.WriteString(ClientPreface); err != nil {
+		if _, err := c.out.Write([]byte(ClientPreface)); err != nil {
 			return err
 		}
 	}
@@ -101,7 +103,7 @@ func (c *Conn) writeFirst() error {
 			return err
 		}
 	}
-	return c.bw.Flush()
+	return c.out.Flush()
 }
 
 // collect takes what can be written now: control frames first, then new
@@ -289,11 +291,10 @@ func (c *Conn) writeDataFrame(id uint32, end bool, p []byte) error {
 	n := len(p)
 	hdr := [9]byte{byte(n >> 16), byte(n >> 8), byte(n), byte(http2.FrameData), flags,
 		byte(id >> 24 & 0x7f), byte(id >> 16), byte(id >> 8), byte(id)}
-	if _, err := c.bw.Write(hdr[:]); err != nil {
+	if _, err := c.out.Write(hdr[:]); err != nil {
 		return err
 	}
-	_, err := c.bw.Write(p)
-	return err
+	return c.out.payload(p)
 }
 
 // afterWrite tells each stream's handler what went out, and lets go of
@@ -308,9 +309,7 @@ func (c *Conn) afterWrite(picks []pick) {
 		if n := len(p.item.data); n > 0 && p.s.h != nil {
 			p.s.h.Sent(p.s, n)
 		}
-		if p.item.release != nil {
-			p.item.release()
-		}
+		p.item.owner.Release()
 		*p = pick{}
 	}
 }

@@ -323,7 +323,11 @@ func (cs *clientStream) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 }
 
 // Data is the h2.Handler's: part of the response's messages.
-func (cs *clientStream) Data(s *h2.Stream, p []byte, end bool) {
+func (cs *clientStream) Data(s *h2.Stream, ch h2.Chunk, end bool) {
+	// The bytes are taken into the message buffer: the chunk goes back at
+	// once.
+	defer ch.Release()
+	p := ch.B
 	cs.mu.Lock()
 	switch {
 	case cs.st != nil:
@@ -412,7 +416,7 @@ func (cs *clientStream) CloseSend() error {
 	}
 	cs.sentLast = true
 	cs.mu.Unlock()
-	cs.s.WriteData(nil, true, nil)
+	cs.s.WriteData(h2.Chunk{}, true)
 	return nil
 }
 
@@ -468,7 +472,7 @@ func (cs *clientStream) sendMsg(m any) error {
 	cs.unsent += len(frame)
 	cs.sentLast = cs.sentLast || end
 	cs.mu.Unlock()
-	if !cs.s.WriteData(frame, end, nil) {
+	if !cs.s.WriteData(h2.Bytes(frame), end) {
 		return io.EOF
 	}
 	for {
