@@ -162,9 +162,10 @@ type Conn struct {
 	// pending are a Client's streams whose HEADERS wait for an ID and a
 	// free slot under the peer's MaxConcurrentStreams.
 	pending []*Stream
-	// ready are the streams with frames to write, in turn.
-	ready   []*Stream
-	control []ctrlFrame
+	// ready are the streams with frames to write, in turn; readySpare is
+	// the previous turn's list, kept for the next.
+	ready, readySpare []*Stream
+	control           []ctrlFrame
 	// peer settings
 	peerMaxStreams   uint32
 	peerStreamWindow int32
@@ -724,6 +725,7 @@ func checkRequest(f *http2.MetaHeadersFrame) (contentLength int64, ok bool) {
 
 func (c *Conn) newStreamLocked(id uint32) *Stream {
 	s := &Stream{c: c, id: id, sendWindow: c.peerStreamWindow, recvWindow: int32(c.cfg.StreamWindow), contentLength: -1}
+	s.out = s.outArr[:0]
 	c.streams[id] = s
 	c.active++
 	return s

@@ -33,7 +33,10 @@ type Stream struct {
 	Value any
 
 	// guarded by c.mu
-	out        []outItem
+	out []outItem
+	// outArr holds out's first items without an allocation: a unary
+	// call's side is at most three (headers, a message, trailers).
+	outArr     [3]outItem
 	inReady    bool
 	sendWindow int32
 	recvWindow int32
@@ -85,6 +88,7 @@ func (c *Conn) OpenStream(fields []hpack.HeaderField, endStream bool, h Handler)
 		return nil, ErrClosed
 	}
 	s := &Stream{c: c, h: h, sendWindow: c.peerStreamWindow, recvWindow: int32(c.cfg.StreamWindow), contentLength: -1}
+	s.out = s.outArr[:0]
 	s.out = append(s.out, outItem{kind: outHeaders, fields: fields, end: endStream})
 	s.localDone = endStream
 	c.pending = append(c.pending, s)

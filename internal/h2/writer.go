@@ -124,16 +124,29 @@ func (c *Conn) collect(picks []pick, ctrls []ctrlFrame) ([]pick, []ctrlFrame, ui
 	if c.closed {
 		return picks, ctrls, tableSize, tableChanged, true
 	}
-	for len(c.pending) > 0 && uint32(len(c.streams)) < c.peerMaxStreams {
-		s := c.pending[0]
-		c.pending = c.pending[1:]
+	n := 0
+	for n < len(c.pending) && uint32(len(c.streams)) < c.peerMaxStreams {
+		s := c.pending[n]
+		n++
 		s.id = c.nextStreamID
 		c.nextStreamID += 2
 		c.streams[s.id] = s
 		c.readyLocked(s)
 	}
+	if n > 0 {
+		// Shift down rather than reslice, so the list keeps its room.
+		left := copy(c.pending, c.pending[n:])
+		clear(c.pending[left:])
+		c.pending = c.pending[:left]
+	}
+	// The turn's list and the next one's trade places: no allocation per
+	// batch.
 	ready := c.ready
-	c.ready = nil
+	c.ready = c.readySpare[:0]
+	defer func() {
+		clear(ready)
+		c.readySpare = ready[:0]
+	}()
 	for _, s := range ready {
 		s.inReady = false
 		budget := fairShare
@@ -163,6 +176,9 @@ func (c *Conn) collect(picks []pick, ctrls []ctrlFrame) ([]pick, []ctrlFrame, ui
 			}
 			s.out[0] = outItem{}
 			s.out = s.out[1:]
+			if len(s.out) == 0 {
+				s.out = s.outArr[:0]
+			}
 			p := pick{s: s, id: s.id, item: item}
 			if item.end {
 				if !s.remoteDone && c.role == Server {
