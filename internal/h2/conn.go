@@ -145,6 +145,7 @@ type Conn struct {
 
 	br  *bufio.Reader
 	rf  *http2.Framer // read side; the reader goroutine's alone
+	hr  *headerReader // the reader goroutine's alone
 	out *outBuf
 	wf  *http2.Framer // write side; the writer goroutine's alone
 	// enc and encBuf are the writer goroutine's: headers are encoded in
@@ -254,7 +255,7 @@ func NewConn(nc net.Conn, role Role, cfg Config) *Conn {
 	c.rf = http2.NewFramer(nil, c.br)
 	c.rf.SetMaxReadFrameSize(cfg.MaxFrameSize)
 	c.rf.MaxHeaderListSize = cfg.MaxHeaderListSize
-	c.rf.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.hr = newHeaderReader(cfg.MaxHeaderListSize)
 	c.rf.SetReuseFrames()
 	c.wf = http2.NewFramer(c.out, nil)
 	c.enc = hpack.NewEncoder(&c.encBuf)
@@ -371,6 +372,9 @@ func (c *Conn) readLoop() error {
 			continue
 		}
 		f, err := c.rf.ReadFrame()
+		if hf, ok := f.(*http2.HeadersFrame); ok && err == nil {
+			f, err = c.hr.read(c.rf, hf)
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
