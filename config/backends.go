@@ -119,6 +119,10 @@ func (r *Route) UnmarshalYAML(unmarshal func(any) error) error {
 			return typeError(b.line, "%q is listed twice with different tags or weight", b.Address)
 		}
 		r.Backends = append(r.Backends, b.Address)
+		if len(b.Tags) == 0 {
+			// tags: [] says what no tags says.
+			b.Tags = nil
+		}
 		if !b.BackendOptions.isZero() {
 			if r.BackendOptions == nil {
 				r.BackendOptions = map[string]BackendOptions{}
