@@ -267,9 +267,12 @@ func (b *Balancer) build(route string, keys []key) *Route {
 	if policy == "" {
 		policy = RoundRobin
 	}
-	p := newRoute(route, policy, keys)
+	// mk makes the route and each of its subsets alike: a setting of the
+	// route belongs here, or its subsets would go without it.
+	mk := func(keys []key) *Route { return newRoute(route, policy, keys) }
+	p := mk(keys)
 	if rc := b.cfg.Routing[route]; rc.Enabled() {
-		p.sel = newSelector(p, keys, rc)
+		p.sel = newSelector(p, keys, rc, mk)
 	}
 	return p
 }

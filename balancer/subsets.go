@@ -79,18 +79,17 @@ func (s *selector) choose(h Headers) *Route {
 // subsetsBuilder makes the subsets of one route from its routable backends,
 // each distinct tag set once.
 type subsetsBuilder struct {
-	route  string
-	policy Policy
 	keys   []key
 	cfg    Routing
 	whole  *Route
+	mk     func([]key) *Route
 	byTags map[string]*Route
 }
 
 // newSelector builds the subsets of whole, the route made of keys, as cfg
-// says.
-func newSelector(whole *Route, keys []key, cfg Routing) *selector {
-	sb := subsetsBuilder{route: whole.route, policy: whole.policy, keys: keys, cfg: cfg, whole: whole, byTags: map[string]*Route{}}
+// says; mk makes a route of the same settings from some of keys.
+func newSelector(whole *Route, keys []key, cfg Routing, mk func([]key) *Route) *selector {
+	sb := subsetsBuilder{keys: keys, cfg: cfg, whole: whole, mk: mk, byTags: map[string]*Route{}}
 	s := &selector{rest: whole}
 	for _, m := range cfg.Match {
 		s.matches = append(s.matches, matcher{rule: m, route: sb.subset(m.Subset)})
@@ -122,10 +121,10 @@ func (sb *subsetsBuilder) subset(sub balancercfg.Subset) *Route {
 	var r *Route
 	switch {
 	case len(keys) > 0:
-		r = newRoute(sb.route, sb.policy, keys)
+		r = sb.mk(keys)
 	case sb.cfg.OnEmptySubset == balancercfg.Fail:
-		r = newRoute(sb.route, sb.policy, nil)
-		r.noUpstream = &NoSubsetUpstreamError{Route: sb.route, Subset: sub.Name()}
+		r = sb.mk(nil)
+		r.noUpstream = &NoSubsetUpstreamError{Route: sb.whole.route, Subset: sub.Name()}
 	default:
 		r = sb.whole
 	}
