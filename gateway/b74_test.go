@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
@@ -323,6 +324,23 @@ func TestB74_TagsFromConsulMoveTrafficLive(t *testing.T) {
 
 		reregister(t, c, "b", "svc", b, "v2")
 		hasTags(t, h, b.Addr, "v2")
+		// /backends shows which subsets a backend is in.
+		var doc struct {
+			Routes []struct {
+				Backends []struct {
+					Addr string   `json:"addr"`
+					Tags []string `json:"tags"`
+				} `json:"backends"`
+			} `json:"routes"`
+		}
+		if _, body := get(t, adminServer(t, h), "/backends"); json.Unmarshal([]byte(body), &doc) != nil || len(doc.Routes) != 1 {
+			t.Fatalf("/backends: %s", body)
+		}
+		for _, be := range doc.Routes[0].Backends {
+			if be.Addr == b.Addr && !slices.Contains(be.Tags, "v2") {
+				t.Errorf("/backends shows %s with tags %q, want v2 among them", be.Addr, be.Tags)
+			}
+		}
 		if got := spread(t, cc, 20, nil, bs...); got[1] != 20 {
 			t.Fatalf("b retagged v2: calls went to a/b %v, want all on b", got)
 		}
