@@ -123,6 +123,9 @@ type BackendView struct {
 	// "warning" or "critical" for Consul, "static" for the config file.
 	Discovery string `json:"discovery"`
 	Weight    int    `json:"weight"`
+	// Tags are the backend's Consul tags, or its tags in the config file:
+	// the subsets (match, split) it is in.
+	Tags []string `json:"tags,omitempty"`
 	// HealthService is the grpc.health.v1 name asked of this backend.
 	HealthService string `json:"health_service"`
 	// Health is the latest grpc.health.v1 status for that name.
@@ -159,7 +162,7 @@ func Snapshot(g Gateway) View {
 		}
 		for _, b := range r.Backends {
 			bv := BackendView{
-				Addr: b.Addr, Discovery: b.Discovery, Weight: b.Weight, HealthService: b.HealthService,
+				Addr: b.Addr, Discovery: b.Discovery, Weight: b.Weight, Tags: b.Tags, HealthService: b.HealthService,
 				Health: b.Status.String(), Routable: b.Routable, Reason: b.Reason, Since: b.Since, Leaving: b.Leaving,
 			}
 			if b.Handle != nil {

@@ -43,6 +43,9 @@ type Config struct {
 	Default Policy
 	// OnRebuild, if set, is told each time a route's picker is rebuilt.
 	OnRebuild func(route string, routable int)
+	// Routing by route name narrows calls to subsets of the route's
+	// backends; a route not listed has none.
+	Routing map[string]Routing
 }
 
 // Validate reports the first policy that is not known.
@@ -52,6 +55,11 @@ func (c Config) Validate() error {
 	}
 	for r, p := range c.Policies {
 		if err := p.Validate(); err != nil {
+			return fmt.Errorf("route %q: %w", r, err)
+		}
+	}
+	for r, rt := range c.Routing {
+		if err := rt.Validate(); err != nil {
 			return fmt.Errorf("route %q: %w", r, err)
 		}
 	}
@@ -117,6 +125,9 @@ type Route struct {
 	next atomic.Uint32
 	// noUpstream is the error of an empty route, built once.
 	noUpstream error
+	// sel chooses the subset of each call; nil when the route has no
+	// subsets, which then cost one comparison per call.
+	sel *selector
 }
 
 type table struct {
@@ -148,6 +159,13 @@ type builtFrom struct {
 type key struct {
 	h      *healthcheck.Handle
 	weight int
+	// tags choose the backend's subsets: a change of tags moves traffic
+	// as a change of weight does.
+	tags []string
+}
+
+func (k key) equal(o key) bool {
+	return k.h == o.h && k.weight == o.weight && slices.Equal(k.tags, o.tags)
 }
 
 // New returns a balancer with no routes: every call is UNAVAILABLE (not
@@ -220,10 +238,10 @@ func (b *Balancer) updateLocked(st *healthcheck.State) []rebuild {
 		keys := make([]key, 0, r.Routable)
 		for _, be := range r.Backends {
 			if be.Routable {
-				keys = append(keys, key{be.Handle, be.Weight})
+				keys = append(keys, key{be.Handle, be.Weight, be.Tags})
 			}
 		}
-		if !seen || !havePicker || !slices.Equal(keys, prev.keys) {
+		if !seen || !havePicker || !slices.EqualFunc(keys, prev.keys, key.equal) {
 			p = b.build(name, keys)
 			b.log.Debug("picker rebuilt", "route", name, "routable", len(keys))
 			rebuilt = append(rebuilt, rebuild{name, len(keys)})
@@ -249,6 +267,18 @@ func (b *Balancer) build(route string, keys []key) *Route {
 	if policy == "" {
 		policy = RoundRobin
 	}
+	// mk makes the route and each of its subsets alike: a setting of the
+	// route belongs here, or its subsets would go without it.
+	mk := func(keys []key) *Route { return newRoute(route, policy, keys) }
+	p := mk(keys)
+	if rc := b.cfg.Routing[route]; rc.Enabled() {
+		p.sel = newSelector(p, keys, rc, mk)
+	}
+	return p
+}
+
+// newRoute is a route, or a subset of one, made of keys.
+func newRoute(route string, policy Policy, keys []key) *Route {
 	p := &Route{route: route, policy: policy, noUpstream: &NoUpstreamError{Route: route}}
 	g := 0
 	for _, k := range keys {
@@ -287,11 +317,12 @@ type Headers interface {
 
 // Route returns the route of a call to fullMethod ("/pkg.Service/Method")
 // whose request headers are h (nil: none): the backends it may go to, as
-// they are now.
+// they are now; for a route with subsets, those of the subset that the
+// headers or the weighted split choose.
 // It never blocks. Errors carry their gRPC status: UNIMPLEMENTED when no
 // route covers the service, UNAVAILABLE when discovery has not synced and
 // the route has no backend yet.
-func (b *Balancer) Route(fullMethod string, _ Headers) (*Route, error) {
+func (b *Balancer) Route(fullMethod string, h Headers) (*Route, error) {
 	t := b.table.Load()
 	svc := serviceOf(fullMethod)
 	p, ok := t.routes[svc]
@@ -305,6 +336,9 @@ func (b *Balancer) Route(fullMethod string, _ Headers) (*Route, error) {
 	}
 	if len(p.hs) == 0 && !t.synced {
 		return nil, &NotSyncedError{Service: svc}
+	}
+	if p.sel != nil {
+		return p.sel.choose(h), nil
 	}
 	return p, nil
 }

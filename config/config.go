@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -87,8 +88,13 @@ type Route struct {
 	// Service is the full gRPC service name ("pkg.Service"), or "*" for
 	// calls that no other route covers.
 	Service string `yaml:"service"`
-	// Backends are static addresses (host:port).
-	Backends []string `yaml:"backends"`
+	// Backends are static addresses (host:port). In the file an item is
+	// either the address or a mapping {address, tags, weight}, whose tags
+	// and weight are kept in BackendOptions.
+	Backends []string `yaml:"-"`
+	// BackendOptions are the tags and weights of static backends, by
+	// address; a backend not listed has no tags and weight 1.
+	BackendOptions map[string]BackendOptions `yaml:"-"`
 	// ConsulService names a Consul service whose instances serve the route.
 	ConsulService string `yaml:"consul_service"`
 	// Tags filter ConsulService's instances: each must carry all of them.
@@ -101,6 +107,9 @@ type Route struct {
 	// Traffic is the route's forwarding policy (timeout, ...); proxy
 	// owns it.
 	Traffic proxycfg.RoutePolicy `yaml:",inline"`
+	// Routing sends calls to subsets of the backends by header (match)
+	// or weight (split); balancer owns it.
+	Routing balancercfg.Routing `yaml:",inline"`
 }
 
 // Shutdown tunes the drain on SIGTERM: the gateway reports NOT_SERVING at
@@ -227,6 +236,17 @@ func (c *Config) Validate() error {
 			if _, _, err := net.SplitHostPort(b); err != nil {
 				return fmt.Errorf("%s.backends[%d]: %q is not host:port: %w", f, j, b, err)
 			}
+			if err := r.BackendOptions[b].validate(); err != nil {
+				return fmt.Errorf("%s.backends[%d].%w", f, j, err)
+			}
+		}
+		for addr := range r.BackendOptions {
+			if !slices.Contains(r.Backends, addr) {
+				return fmt.Errorf("%s.backends: options are given for %q, which is not one of them", f, addr)
+			}
+		}
+		if err := r.Routing.Validate(); err != nil {
+			return fmt.Errorf("%s.%w", f, err)
 		}
 		if err := r.Policy.Validate(); err != nil {
 			return fmt.Errorf("%s.policy: %w", f, err)

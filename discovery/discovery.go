@@ -80,11 +80,29 @@ type Static map[string][]string
 
 // Run publishes the routes once and waits for ctx.
 func (s Static) Run(ctx context.Context, publish func(Snapshot)) error {
-	snap := Snapshot{Routes: make(map[string][]Endpoint, len(s)), Synced: true}
+	eps := make(StaticEndpoints, len(s))
 	for route, addrs := range s {
-		eps := make([]Endpoint, 0, len(addrs))
 		for _, a := range addrs {
-			eps = append(eps, Endpoint{Addr: a, Weight: 1, Status: "static"})
+			eps[route] = append(eps[route], Endpoint{Addr: a})
+		}
+	}
+	return eps.Run(ctx, publish)
+}
+
+// StaticEndpoints is a Source whose routes never change, with what the
+// config file says of each backend besides its address (tags, weight).
+// Status is always "static", and a Weight below 1 is 1.
+type StaticEndpoints map[string][]Endpoint
+
+// Run publishes the routes once and waits for ctx.
+func (s StaticEndpoints) Run(ctx context.Context, publish func(Snapshot)) error {
+	snap := Snapshot{Routes: make(map[string][]Endpoint, len(s)), Synced: true}
+	for route, in := range s {
+		eps := make([]Endpoint, 0, len(in))
+		for _, e := range in {
+			e.Weight = max(e.Weight, 1)
+			e.Status = "static"
+			eps = append(eps, e)
 		}
 		snap.Routes[route] = sortEndpoints(eps)
 	}

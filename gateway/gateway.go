@@ -208,9 +208,12 @@ type plan struct {
 
 func (g *Gateway) plan(cfg config.Config) (plan, error) {
 	p := plan{routes: map[string]healthcheck.RouteConfig{}, policies: map[string]*proxy.RoutePolicy{}}
-	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt}
+	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt, Routing: map[string]balancer.Routing{}}
 	for _, r := range cfg.Routes {
 		p.balancer.Policies[r.Service] = r.Policy
+		if r.Routing.Enabled() {
+			p.balancer.Routing[r.Service] = r.Routing
+		}
 		p.routes[r.Service] = r.Health
 		p.policies[r.Service] = &r.Traffic
 	}
@@ -323,13 +326,14 @@ func BackendDialOptions() []grpc.DialOption {
 
 func sources(cfg config.Config, logger *slog.Logger, m *metrics.Metrics) (discovery.Source, error) {
 	var srcs []discovery.Source
-	static := discovery.Static{}
+	static := discovery.StaticEndpoints{}
 	var consulRoutes []discovery.ConsulRoute
 	var configured []string
 	for _, r := range cfg.Routes {
 		configured = append(configured, r.Service)
-		if len(r.Backends) > 0 {
-			static[r.Service] = r.Backends
+		for _, addr := range r.Backends {
+			o := r.BackendOptions[addr]
+			static[r.Service] = append(static[r.Service], discovery.Endpoint{Addr: addr, Tags: o.Tags, Weight: o.Weight})
 		}
 		if r.ConsulService != "" {
 			consulRoutes = append(consulRoutes, discovery.ConsulRoute{Route: r.Service, Service: r.ConsulService, Tags: r.Tags})
