@@ -1,10 +1,11 @@
 package gateway_test
 
 // The forwarding contract (B01-B09, B12, B17) through a whole gateway, run
-// against each forwarding engine. proxy's own tests prove the same against
-// the grpc engine alone, with a fake picker; these go through health
-// checking and the balancer to real backend connections, which is what an
-// engine that relays frames on those connections needs.
+// against each forwarding engine: through health checking and the balancer
+// to real backend connections, which is what an engine that relays frames
+// on those connections needs. These are the contract's only copy; proxy's
+// tests keep what only a fake picker sees (what each upstream's Done and
+// each pick are told).
 
 import (
 	"bytes"
