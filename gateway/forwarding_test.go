@@ -1,10 +1,11 @@
 package gateway_test
 
 // The forwarding contract (B01-B09, B12, B17) through a whole gateway, run
-// against each forwarding engine. proxy's own tests prove the same against
-// the grpc engine alone, with a fake picker; these go through health
-// checking and the balancer to real backend connections, which is what an
-// engine that relays frames on those connections needs.
+// against each forwarding engine: through health checking and the balancer
+// to real backend connections, which is what an engine that relays frames
+// on those connections needs. These are the contract's only copy; proxy's
+// tests keep what only a fake picker sees (what each upstream's Done and
+// each pick are told).
 
 import (
 	"bytes"
@@ -328,6 +329,13 @@ func TestB05_RequestMetadataThroughGateway(t *testing.T) {
 		if got := c.MD.Get(":authority"); len(got) == 1 && got[0] != f.backend.Addr {
 			t.Errorf(":authority = %q, want the backend's address %s", got, f.backend.Addr)
 		}
+
+		// A client may name the identity encoding, which compresses
+		// nothing; grpc-go accepts it on every side, so the call must not
+		// be lost at the gateway.
+		if _, err := testutil.Unary(ctx, f.gw, "/test.Svc/Echo", nil, grpc.UseCompressor("identity")); err != nil {
+			t.Errorf("a call with grpc-encoding identity: %v, want it forwarded", err)
+		}
 	})
 }
 
@@ -498,8 +506,9 @@ func TestB09_MessageLimitsThroughGateway(t *testing.T) {
 	})
 }
 
-// TestB12_NoLeaksThroughGateway: after completed, cancelled and failed
-// calls (by the backend and by the gateway), the goroutines and file
+// TestB12_NoLeaksThroughGateway: after completed calls, calls cancelled
+// after the backend answered and while it held them unanswered, and calls
+// failed by the backend and by the gateway, the goroutines and file
 // descriptors of the process (gateway, backend and client) are back to
 // where they were.
 func TestB12_NoLeaksThroughGateway(t *testing.T) {
@@ -514,7 +523,7 @@ func TestB12_NoLeaksThroughGateway(t *testing.T) {
 
 		for i := range 60 {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			switch i % 4 {
+			switch i % 5 {
 			case 0: // completed
 				if _, err := testutil.Unary(ctx, f.gw, "/test.Svc/Echo", []byte("x")); err != nil {
 					t.Fatalf("call %d: %v", i, err)
@@ -536,6 +545,17 @@ func TestB12_NoLeaksThroughGateway(t *testing.T) {
 				_, err := testutil.Unary(ctx, f.gw, "/test.Svc/Echo", make([]byte, proxycfg.DefaultMaxMessageBytes+1))
 				if status.Code(err) != codes.ResourceExhausted {
 					t.Fatalf("call %d: %v, want RESOURCE_EXHAUSTED", i, err)
+				}
+			case 4: // cancelled while the backend holds it, before any message
+				// The backend sends its header first, so that its
+				// arrival proves the stream open at both ends when the
+				// cancel comes.
+				cs, err := testutil.RawStream(metadata.AppendToOutgoingContext(ctx, "x-header-first", "1"), f.gw, "/test.Svc/Block")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := cs.Header(); err != nil {
+					t.Fatalf("call %d: %v", i, err)
 				}
 			}
 			cancel()
