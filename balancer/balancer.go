@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -43,7 +44,28 @@ type Config struct {
 	Default Policy
 	// OnRebuild, if set, is told each time a route's picker is rebuilt.
 	OnRebuild func(route string, routable int)
+	// Limits by route name; a route not listed has none.
+	Limits map[string]Limits
+	// OnRefused, if set, is told of each call a route's limits refused,
+	// and why (RefusedFull or RefusedRate). It runs on the call's
+	// goroutine and must not block.
+	OnRefused func(route string, why Refusal)
 }
+
+// Limits are a route's max_in_flight and rate; see balancercfg for why
+// they are defined there.
+type Limits = balancercfg.Limits
+
+// Refusal is why a route's limits refused a call.
+type Refusal string
+
+// The refusals.
+const (
+	// RefusedFull: every backend of the route was at max_in_flight.
+	RefusedFull Refusal = "max_in_flight"
+	// RefusedRate: the route's rate was exceeded.
+	RefusedRate Refusal = "rate_limit"
+)
 
 // Validate reports the first policy that is not known.
 func (c Config) Validate() error {
@@ -52,6 +74,11 @@ func (c Config) Validate() error {
 	}
 	for r, p := range c.Policies {
 		if err := p.Validate(); err != nil {
+			return fmt.Errorf("route %q: %w", r, err)
+		}
+	}
+	for r, l := range c.Limits {
+		if err := l.Validate(); err != nil {
 			return fmt.Errorf("route %q: %w", r, err)
 		}
 	}
@@ -90,6 +117,38 @@ func (e *NoUpstreamError) GRPCStatus() *status.Status {
 	return status.New(codes.Unavailable, "healthgate: "+e.Error())
 }
 
+// FullError: every backend of the route the call has not tried is at the
+// route's max_in_flight.
+type FullError struct {
+	Route string
+	Limit int
+}
+
+func (e *FullError) Error() string {
+	return fmt.Sprintf("every backend of route %q is at max_in_flight (%d calls)", e.Route, e.Limit)
+}
+
+// GRPCStatus makes the error UNAVAILABLE, as gRPC's own circuit breaking
+// (xDS max_requests) and Envoy's overflow do: the condition passes as soon
+// as calls finish, and a client may retry, later or through another
+// gateway. The call was never sent, so a retry cannot run it twice.
+func (e *FullError) GRPCStatus() *status.Status {
+	return status.New(codes.Unavailable, "healthgate: "+e.Error())
+}
+
+// RateLimitedError: the route's rate was exceeded.
+type RateLimitedError struct{ Route string }
+
+func (e *RateLimitedError) Error() string {
+	return fmt.Sprintf("rate limit of route %s exceeded", e.Route)
+}
+
+// GRPCStatus makes the error RESOURCE_EXHAUSTED: a quota ran out, which
+// retrying at once does not fix, and UNAVAILABLE would invite.
+func (e *RateLimitedError) GRPCStatus() *status.Status {
+	return status.New(codes.ResourceExhausted, "healthgate: "+e.Error())
+}
+
 // NotSyncedError: discovery has not been heard from yet, so the gateway
 // cannot tell an unknown service from one it will route in a moment.
 type NotSyncedError struct{ Service string }
@@ -117,6 +176,14 @@ type Route struct {
 	next atomic.Uint32
 	// noUpstream is the error of an empty route, built once.
 	noUpstream error
+	// maxInFlight is the route's max_in_flight; zero for none.
+	maxInFlight int64
+	full        error
+	// limiter is the route's token bucket, kept by the Balancer across
+	// rebuilds; nil without a rate.
+	limiter     *rate.Limiter
+	rateLimited error
+	onRefused   func(string, Refusal)
 }
 
 type table struct {
@@ -138,6 +205,16 @@ type Balancer struct {
 	// built is each route's table entry as last built from, to rebuild
 	// only the routes that changed.
 	built map[string]builtFrom
+	// limiters are the routes' token buckets, by route name: a picker
+	// rebuilt, or a reload that leaves a route's rate as it was, keeps
+	// the bucket and what it has let through; a new rate starts a new
+	// one.
+	limiters map[string]routeLimiter
+}
+
+type routeLimiter struct {
+	rate balancercfg.Rate
+	l    *rate.Limiter
 }
 
 type builtFrom struct {
@@ -159,7 +236,7 @@ func New(cfg Config, logger *slog.Logger) (*Balancer, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	b := &Balancer{cfg: cfg, log: logger.With("component", "balancer"), built: map[string]builtFrom{}}
+	b := &Balancer{cfg: cfg, log: logger.With("component", "balancer"), built: map[string]builtFrom{}, limiters: map[string]routeLimiter{}}
 	b.table.Store(&table{routes: map[string]*Route{}})
 	return b, nil
 }
@@ -172,6 +249,11 @@ func (b *Balancer) SetConfig(cfg Config) error {
 	b.mu.Lock()
 	b.cfg = cfg
 	clear(b.built)
+	for name, l := range b.limiters {
+		if cfg.Limits[name].Rate != l.rate {
+			delete(b.limiters, name)
+		}
+	}
 	var rebuilt []rebuild
 	if b.last != nil {
 		rebuilt = b.updateLocked(b.last)
@@ -250,6 +332,17 @@ func (b *Balancer) build(route string, keys []key) *Route {
 		policy = RoundRobin
 	}
 	p := &Route{route: route, policy: policy, noUpstream: &NoUpstreamError{Route: route}}
+	if lim := b.cfg.Limits[route]; lim.MaxInFlight > 0 || lim.Rate.Enabled() {
+		p.onRefused = b.cfg.OnRefused
+		if lim.MaxInFlight > 0 {
+			p.maxInFlight = int64(lim.MaxInFlight)
+			p.full = &FullError{Route: route, Limit: lim.MaxInFlight}
+		}
+		if lim.Rate.Enabled() {
+			p.limiter = b.limiterLocked(route, lim.Rate)
+			p.rateLimited = &RateLimitedError{Route: route}
+		}
+	}
 	g := 0
 	for _, k := range keys {
 		g = gcd(g, k.weight)
@@ -267,6 +360,17 @@ func (b *Balancer) build(route string, keys []key) *Route {
 		p.next.Store(rand.Uint32N(uint32(len(p.ring))))
 	}
 	return p
+}
+
+// limiterLocked is the token bucket of route at r: the one it has while
+// its rate stays r, else a new one, full.
+func (b *Balancer) limiterLocked(route string, r balancercfg.Rate) *rate.Limiter {
+	if l, ok := b.limiters[route]; ok && l.rate == r {
+		return l.l
+	}
+	l := rate.NewLimiter(rate.Limit(r.PerSecond), r.BurstOrDefault())
+	b.limiters[route] = routeLimiter{rate: r, l: l}
+	return l
 }
 
 // maxWeight bounds a backend's copies in the ring.
@@ -288,9 +392,11 @@ type Headers interface {
 // Route returns the route of a call to fullMethod ("/pkg.Service/Method")
 // whose request headers are h (nil: none): the backends it may go to, as
 // they are now.
-// It never blocks. Errors carry their gRPC status: UNIMPLEMENTED when no
-// route covers the service, UNAVAILABLE when discovery has not synced and
-// the route has no backend yet.
+// It never blocks. A call it returns a route for counts against the
+// route's rate: call it once per call, not per attempt. Errors carry their
+// gRPC status: UNIMPLEMENTED when no route covers the service, UNAVAILABLE
+// when discovery has not synced and the route has no backend yet,
+// RESOURCE_EXHAUSTED when the route's rate is exceeded.
 func (b *Balancer) Route(fullMethod string, _ Headers) (*Route, error) {
 	t := b.table.Load()
 	svc := serviceOf(fullMethod)
@@ -305,6 +411,12 @@ func (b *Balancer) Route(fullMethod string, _ Headers) (*Route, error) {
 	}
 	if len(p.hs) == 0 && !t.synced {
 		return nil, &NotSyncedError{Service: svc}
+	}
+	if p.limiter != nil && !p.limiter.Allow() {
+		if p.onRefused != nil {
+			p.onRefused(p.route, RefusedRate)
+		}
+		return nil, p.rateLimited
 	}
 	return p, nil
 }
@@ -327,8 +439,11 @@ func (p *Route) Name() string { return p.route }
 // sent to without being accepted). It never blocks. The backend is counted
 // in flight (Handle.Begin); the caller calls its Done when the call ends.
 // The error, UNAVAILABLE, says that the route has no routable backend
-// left.
+// left, or that every one it has is at max_in_flight.
 func (p *Route) Pick(tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
+	if p.maxInFlight > 0 {
+		return p.pickLimited(tried)
+	}
 	var h *healthcheck.Handle
 	switch n := uint32(len(p.hs)); {
 	case n == 0:
@@ -358,6 +473,54 @@ func (p *Route) Pick(tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
 	}
 	h.Begin()
 	return h, nil
+}
+
+// pickLimited is Pick on a route with max_in_flight: the policy's choice
+// if it has room, else the first backend with room after it, counted in
+// flight in the same step as the check (TryBegin). All full: FullError at
+// once; a call is never queued.
+func (p *Route) pickLimited(tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
+	n := uint32(len(p.hs))
+	if n == 0 {
+		return nil, p.noUpstream
+	}
+	var h *healthcheck.Handle
+	var i uint32
+	if p.policy == LeastRequest && n > 1 {
+		i = rand.Uint32N(n)
+		j := rand.Uint32N(n - 1)
+		if j >= i {
+			j++
+		}
+		h = p.hs[i]
+		if other := p.hs[j]; other.InFlight() < h.InFlight() {
+			h = other
+		}
+	} else {
+		i = p.next.Add(1)
+		h = p.ring[i%uint32(len(p.ring))]
+	}
+	if (len(tried) == 0 || !slices.Contains(tried, h)) && h.TryBegin(p.maxInFlight) {
+		return h, nil
+	}
+	untried := false
+	for k := range n {
+		c := p.hs[(i+k)%n]
+		if len(tried) > 0 && slices.Contains(tried, c) {
+			continue
+		}
+		untried = true
+		if c.TryBegin(p.maxInFlight) {
+			return c, nil
+		}
+	}
+	if !untried {
+		return nil, &NoUpstreamError{Route: p.route, Tried: len(tried)}
+	}
+	if p.onRefused != nil {
+		p.onRefused(p.route, RefusedFull)
+	}
+	return nil, p.full
 }
 
 // untried is the first backend after position i that the call has not been

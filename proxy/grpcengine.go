@@ -62,8 +62,15 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		return finish(st.Err())
 	}
 	info.Route = rt.Name
-	if _, ok := ctx.Deadline(); !ok {
-		if d, ok := p.timeout(&rt); ok {
+	if p.limitsDeadline(&rt) {
+		dl, has := ctx.Deadline()
+		var left time.Duration
+		if has {
+			left = time.Until(dl)
+		}
+		// A shorter deadline on the context is what the backend is sent
+		// as its grpc-timeout.
+		if d, ok := p.callTimeout(&rt, left, has); ok && (!has || d < left) {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, d)
 			defer cancel()
@@ -73,6 +80,13 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	// over from the client's side (cancel, deadline, oversized message).
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	if d := idleTimeout(&rt); d > 0 {
+		it := newIdleTimer(d, func() {
+			cancel(status.Error(codes.DeadlineExceeded, idleMessage(rt.Name, d)))
+		})
+		defer it.stop()
+		ss = idleServerStream{ss, it}
+	}
 
 	opts := p.callOpts
 	if ct := reqMD["content-type"]; len(ct) > 0 {

@@ -62,6 +62,9 @@ type relayCall struct {
 	tried    []Upstream
 	attempts int
 	timer    *time.Timer
+	// idle ends the call when it moves nothing for the route's
+	// idle_timeout; nil without one.
+	idle *idleTimer
 	// answered: response headers went to the client.
 	answered bool
 	// sentReq: request bytes went to the backend: the call can no longer
@@ -424,8 +427,8 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 		call.fail(st.Code(), st.Message(), nil, Local)
 		return
 	}
-	if !hasTimeout {
-		timeout, hasTimeout = r.p.timeout(&call.route)
+	if r.p.limitsDeadline(&call.route) {
+		timeout, hasTimeout = r.p.callTimeout(&call.route, timeout, hasTimeout)
 	}
 	call.reqFields = r.outgoing(f, call, timeout, hasTimeout)
 	call.reqEnded = f.StreamEnded()
@@ -433,6 +436,11 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 		call.deadline = call.start.Add(timeout)
 		call.mu.Lock()
 		call.timer = time.AfterFunc(timeout, call.expired)
+		call.mu.Unlock()
+	}
+	if d := idleTimeout(&call.route); d > 0 {
+		call.mu.Lock()
+		call.idle = newIdleTimer(d, call.idleExpired)
 		call.mu.Unlock()
 	}
 	call.mu.Lock()
@@ -577,6 +585,9 @@ func (h clientSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 		s.Consumed(len(p))
 		return
 	}
+	if c.idle != nil {
+		c.idle.touch()
+	}
 	l, payload := c.reqMsg.feed(p, c.r.p.cfg.MaxRequestBytes)
 	if l > 0 {
 		ch.Release()
@@ -638,6 +649,9 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 	defer c.mu.Unlock()
 	if c.done || s != c.backend {
 		return
+	}
+	if c.idle != nil {
+		c.idle.touch()
 	}
 	fields := responseFields(f)
 	end := f.StreamEnded()
@@ -721,6 +735,9 @@ func (h backendSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 		ch.Release()
 		s.Consumed(len(p))
 		return
+	}
+	if c.idle != nil {
+		c.idle.touch()
 	}
 	l, payload := c.respMsg.feed(p, c.r.p.cfg.MaxResponseBytes)
 	if l > 0 {
@@ -815,6 +832,22 @@ func (c *relayCall) expired() {
 	c.failLocked(codes.DeadlineExceeded, "healthgate: deadline exceeded", nil, origin)
 }
 
+// idleExpired is the idle timer's end: the call moved nothing for the
+// route's idle_timeout. Like a deadline, the backend's fault while it had
+// not answered.
+func (c *relayCall) idleExpired() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		return
+	}
+	origin := FromClient
+	if !c.answered {
+		origin = Local
+	}
+	c.failLocked(codes.DeadlineExceeded, idleMessage(c.route.Name, c.idle.idle), nil, origin)
+}
+
 func (c *relayCall) fail(code codes.Code, msg string, details []hpack.HeaderField, origin Origin) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -868,6 +901,9 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 	c.done = true
 	if c.timer != nil {
 		c.timer.Stop()
+	}
+	if c.idle != nil {
+		c.idle.stop()
 	}
 	if c.reqPending > 0 {
 		c.client.Consumed(c.reqPending)
