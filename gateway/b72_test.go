@@ -1,0 +1,158 @@
+package gateway_test
+
+// B72: a route's max_in_flight per backend (circuit breaking), through each
+// engine to real backends.
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/healthgate/healthgate/balancer/balancercfg"
+	"github.com/healthgate/healthgate/internal/testutil"
+)
+
+// heldCall is a call to Block that a backend holds until it is cancelled.
+type heldCall struct {
+	on     *testutil.Backend
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// hold starts a call to Block and waits until one of backends has begun
+// it: that one holds it.
+func hold(t *testing.T, cc *grpc.ClientConn, backends ...*testutil.Backend) *heldCall {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	hc := &heldCall{cancel: cancel, done: make(chan error, 1)}
+	t.Cleanup(cancel)
+	go func() {
+		_, err := testutil.Unary(ctx, cc, "/test.Svc/Block", nil)
+		hc.done <- err
+	}()
+	started := make(chan *testutil.Backend, len(backends))
+	stop := make(chan struct{})
+	defer close(stop)
+	for _, b := range backends {
+		go func() {
+			select {
+			case <-b.Started():
+				started <- b
+			case <-stop:
+			}
+		}()
+	}
+	select {
+	case hc.on = <-started:
+	case err := <-hc.done:
+		t.Fatalf("a call to Block ended before a backend held it: %v", err)
+	case <-ctx.Done():
+		t.Fatal("no backend began a call to Block within 30s")
+	}
+	return hc
+}
+
+// noStart fails if b began a call.
+func noStart(t *testing.T, b *testutil.Backend, when string) {
+	t.Helper()
+	select {
+	case <-b.Started():
+		t.Fatalf("%s: backend %s began a call", when, b.Addr)
+	default:
+	}
+}
+
+// TestB72_FullBackendSkippedAllFullFailsFast: with max_in_flight 2 over two
+// backends, four held calls fill both; a fifth fails at once with
+// UNAVAILABLE naming the route, reaches no backend and is counted; a
+// backend that is full is skipped while the other takes every call; and a
+// reload changes the limit live.
+func TestB72_FullBackendSkippedAllFullFailsFast(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		a, b := testutil.StartBackend(t), testutil.StartBackend(t)
+		cfg := routeTo(a.Addr, b.Addr)
+		cfg.Routes[0].Limits = balancercfg.Limits{MaxInFlight: 2}
+		h := e.start(t, cfg)
+		h.routable(t, testutil.TestService, 2)
+		admin := adminServer(t, h)
+		cc := testutil.Dial(t, h.addr)
+		inFlight := func(be *testutil.Backend) int64 {
+			t.Helper()
+			got, ok := h.backendIn(testutil.TestService, be.Addr)
+			if !ok {
+				t.Fatalf("backend %s is not in the route", be.Addr)
+			}
+			return got.Handle.InFlight()
+		}
+
+		var held []*heldCall
+		on := map[*testutil.Backend]int{}
+		for range 4 {
+			hc := hold(t, cc, a, b)
+			held = append(held, hc)
+			on[hc.on]++
+		}
+		if on[a] != 2 || on[b] != 2 {
+			t.Fatalf("four held calls: %d on a, %d on b, want 2 each", on[a], on[b])
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		_, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x"))
+		took := time.Since(start)
+		want := `healthgate: every backend of route "test.Svc" is at max_in_flight (2 calls)`
+		if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != want {
+			t.Fatalf("a call with every backend full got %v, want UNAVAILABLE %q", err, want)
+		}
+		if took > 2*time.Second {
+			t.Fatalf("the refusal took %s: the call waited", took)
+		}
+		noStart(t, a, "every backend full")
+		noStart(t, b, "every backend full")
+		if got := sample(t, scrape(t, admin), "healthgate_route_refused_total", "route", "test.Svc", "reason", "max_in_flight"); got != 1 {
+			t.Fatalf("healthgate_route_refused_total{max_in_flight} = %v, want 1", got)
+		}
+
+		// b's calls end: a, still full, is skipped, and b takes every call.
+		for _, hc := range held {
+			if hc.on == b {
+				hc.cancel()
+				<-hc.done
+			}
+		}
+		testutil.WaitFor(t, 10*time.Second, "b's held calls to be done", func() bool { return inFlight(b) == 0 })
+		for i := range 20 {
+			if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); err != nil {
+				t.Fatalf("call %d with a full and b free: %v", i, err)
+			}
+		}
+		noStart(t, a, "a full, b free")
+		if n := inFlight(a); n != 2 {
+			t.Fatalf("a has %d calls in flight, want its 2 held ones", n)
+		}
+
+		// A reload raises the limit: a takes calls again.
+		cfg.Routes[0].Limits.MaxInFlight = 3
+		if _, err := h.g.Reload(e.config(cfg)); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 10 {
+			if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); err != nil {
+				t.Fatalf("call %d after the reload: %v", i, err)
+			}
+		}
+		select {
+		case <-a.Started():
+		default:
+			t.Fatal("after max_in_flight went up to 3, a took none of 10 calls")
+		}
+		for _, hc := range held {
+			hc.cancel()
+		}
+	})
+}
