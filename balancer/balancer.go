@@ -56,6 +56,9 @@ type Config struct {
 // they are defined there.
 type Limits = balancercfg.Limits
 
+// Rate is a route's token bucket; see balancercfg.
+type Rate = balancercfg.Rate
+
 // Refusal is why a route's limits refused a call.
 type Refusal string
 
