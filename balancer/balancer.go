@@ -124,10 +124,15 @@ func (e *NoUpstreamError) GRPCStatus() *status.Status {
 // route's max_in_flight.
 type FullError struct {
 	Route string
+	// Limit is the route's max_in_flight; zero when only the instances
+	// set theirs.
 	Limit int
 }
 
 func (e *FullError) Error() string {
+	if e.Limit == 0 {
+		return fmt.Sprintf("every backend of route %q is at its own max_in_flight (%s)", e.Route, healthcheck.MetaMaxInFlight)
+	}
 	return fmt.Sprintf("every backend of route %q is at max_in_flight (%d calls)", e.Route, e.Limit)
 }
 
@@ -179,9 +184,12 @@ type Route struct {
 	next atomic.Uint32
 	// noUpstream is the error of an empty route, built once.
 	noUpstream error
-	// maxInFlight is the route's max_in_flight; zero for none.
-	maxInFlight int64
-	full        error
+	// limited: some backend has a limit of calls at once (the route's
+	// max_in_flight or the instance's own); ringLimit and hsLimit hold
+	// each entry's, zero for none.
+	limited            bool
+	ringLimit, hsLimit []int64
+	full               error
 	// limiter is the route's token bucket, kept by the Balancer across
 	// rebuilds; nil without a rate.
 	limiter     *rate.Limiter
@@ -228,6 +236,8 @@ type builtFrom struct {
 type key struct {
 	h      *healthcheck.Handle
 	weight int
+	// limit is the instance's own max_in_flight.
+	limit int
 }
 
 // New returns a balancer with no routes: every call is UNAVAILABLE (not
@@ -305,7 +315,7 @@ func (b *Balancer) updateLocked(st *healthcheck.State) []rebuild {
 		keys := make([]key, 0, r.Routable)
 		for _, be := range r.Backends {
 			if be.Routable {
-				keys = append(keys, key{be.Handle, be.Weight})
+				keys = append(keys, key{be.Handle, be.Weight, be.MaxInFlight})
 			}
 		}
 		if !seen || !havePicker || !slices.Equal(keys, prev.keys) {
@@ -335,16 +345,11 @@ func (b *Balancer) build(route string, keys []key) *Route {
 		policy = RoundRobin
 	}
 	p := &Route{route: route, policy: policy, noUpstream: &NoUpstreamError{Route: route}}
-	if lim := b.cfg.Limits[route]; lim.MaxInFlight > 0 || lim.Rate.Enabled() {
-		p.onRefused = b.cfg.OnRefused
-		if lim.MaxInFlight > 0 {
-			p.maxInFlight = int64(lim.MaxInFlight)
-			p.full = &FullError{Route: route, Limit: lim.MaxInFlight}
-		}
-		if lim.Rate.Enabled() {
-			p.limiter = b.limiterLocked(route, lim.Rate)
-			p.rateLimited = &RateLimitedError{Route: route}
-		}
+	lim := b.cfg.Limits[route]
+	p.onRefused = b.cfg.OnRefused
+	if lim.Rate.Enabled() {
+		p.limiter = b.limiterLocked(route, lim.Rate)
+		p.rateLimited = &RateLimitedError{Route: route}
 	}
 	g := 0
 	for _, k := range keys {
@@ -359,10 +364,42 @@ func (b *Balancer) build(route string, keys []key) *Route {
 	// Interleave by shuffling once: a weight-3 backend should not take
 	// three calls in a row.
 	rand.Shuffle(len(p.ring), func(i, j int) { p.ring[i], p.ring[j] = p.ring[j], p.ring[i] })
+	p.limitInFlight(lim.MaxInFlight, keys)
 	if len(p.ring) > 0 {
 		p.next.Store(rand.Uint32N(uint32(len(p.ring))))
 	}
 	return p
+}
+
+// limitInFlight sets each backend's limit of calls at once: the lower of
+// the route's max_in_flight and the instance's own, zero meaning none.
+func (p *Route) limitInFlight(route int, keys []key) {
+	if route == 0 && !slices.ContainsFunc(keys, func(k key) bool { return k.limit > 0 }) {
+		return
+	}
+	limits := make(map[*healthcheck.Handle]int64, len(keys))
+	for _, k := range keys {
+		l := k.limit
+		if l == 0 || (route > 0 && route < l) {
+			l = route
+		}
+		if l > 0 {
+			limits[k.h] = int64(l)
+		}
+	}
+	if len(limits) == 0 {
+		return
+	}
+	p.limited = true
+	p.full = &FullError{Route: p.route, Limit: route}
+	p.hsLimit = make([]int64, len(p.hs))
+	for i, h := range p.hs {
+		p.hsLimit[i] = limits[h]
+	}
+	p.ringLimit = make([]int64, len(p.ring))
+	for i, h := range p.ring {
+		p.ringLimit[i] = limits[h]
+	}
 }
 
 // limiterLocked is the token bucket of route at r: the one it has while
@@ -444,7 +481,7 @@ func (p *Route) Name() string { return p.route }
 // The error, UNAVAILABLE, says that the route has no routable backend
 // left, or that every one it has is at max_in_flight.
 func (p *Route) Pick(tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
-	if p.maxInFlight > 0 {
+	if p.limited {
 		return p.pickLimited(tried)
 	}
 	var h *healthcheck.Handle
@@ -489,32 +526,34 @@ func (p *Route) pickLimited(tried []*healthcheck.Handle) (*healthcheck.Handle, e
 	}
 	var h *healthcheck.Handle
 	var i uint32
+	var limit int64
 	if p.policy == LeastRequest && n > 1 {
 		i = rand.Uint32N(n)
 		j := rand.Uint32N(n - 1)
 		if j >= i {
 			j++
 		}
-		h = p.hs[i]
+		h, limit = p.hs[i], p.hsLimit[i]
 		if other := p.hs[j]; other.InFlight() < h.InFlight() {
-			h = other
+			h, limit = other, p.hsLimit[j]
 		}
 	} else {
 		i = p.next.Add(1)
-		h = p.ring[i%uint32(len(p.ring))]
+		k := i % uint32(len(p.ring))
+		h, limit = p.ring[k], p.ringLimit[k]
 	}
-	if (len(tried) == 0 || !slices.Contains(tried, h)) && h.TryBegin(p.maxInFlight) {
+	if (len(tried) == 0 || !slices.Contains(tried, h)) && begin(h, limit) {
 		return h, nil
 	}
 	untried := false
 	for k := range n {
-		c := p.hs[(i+k)%n]
-		if len(tried) > 0 && slices.Contains(tried, c) {
+		c := (i + k) % n
+		if len(tried) > 0 && slices.Contains(tried, p.hs[c]) {
 			continue
 		}
 		untried = true
-		if c.TryBegin(p.maxInFlight) {
-			return c, nil
+		if begin(p.hs[c], p.hsLimit[c]) {
+			return p.hs[c], nil
 		}
 	}
 	if !untried {
@@ -524,6 +563,15 @@ func (p *Route) pickLimited(tried []*healthcheck.Handle) (*healthcheck.Handle, e
 		p.onRefused(p.route, RefusedFull)
 	}
 	return nil, p.full
+}
+
+// begin counts a call on h if it has room under limit (zero: no limit).
+func begin(h *healthcheck.Handle, limit int64) bool {
+	if limit == 0 {
+		h.Begin()
+		return true
+	}
+	return h.TryBegin(limit)
 }
 
 // untried is the first backend after position i that the call has not been

@@ -202,3 +202,51 @@ func TestLimitsValidate(t *testing.T) {
 		t.Fatalf("default burst of 2.5/s = %d, want 3", got)
 	}
 }
+
+// TestInstanceMaxInFlight: an instance's own limit (Consul meta
+// healthgate_max_in_flight) holds without a route limit, and the lower of
+// the two applies when both are set.
+func TestInstanceMaxInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		route         int
+		instance      int
+		wantOnLimited int
+	}{
+		{"instance alone", 0, 1, 1},
+		{"instance lower than route", 3, 1, 1},
+		{"route lower than instance", 2, 5, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var rf refusals
+			b, _ := New(Config{Limits: map[string]Limits{"a.S": {MaxInFlight: tc.route}}, OnRefused: rf.on}, nil)
+			h := newHandles(t, 2)
+			st := h.state("a.S", []int{1, 1}, []bool{true, true})
+			// backend-0 says how much it takes; backend-1 takes the
+			// route's limit, or any number.
+			st.Routes["a.S"].Backends[0].MaxInFlight = tc.instance
+			b.Update(st)
+			r, _ := b.Route("/a.S/M", nil)
+			var held []*healthcheck.Handle
+			for range 10 {
+				hd, err := r.Pick(nil)
+				if err != nil {
+					break
+				}
+				held = append(held, hd)
+			}
+			if n := h.hs[0].InFlight(); n != int64(tc.wantOnLimited) {
+				t.Fatalf("backend-0 holds %d calls, want %d", n, tc.wantOnLimited)
+			}
+			if tc.route > 0 && len(held) != tc.wantOnLimited+tc.route {
+				t.Fatalf("%d picks passed, want %d", len(held), tc.wantOnLimited+tc.route)
+			}
+			if tc.route == 0 && len(held) != 10 {
+				t.Fatalf("%d of 10 picks passed with backend-1 unlimited", len(held))
+			}
+			for _, hd := range held {
+				hd.Done(done)
+			}
+		})
+	}
+}

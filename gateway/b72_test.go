@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/healthgate/healthgate/balancer/balancercfg"
+	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
@@ -153,6 +154,76 @@ func TestB72_FullBackendSkippedAllFullFailsFast(t *testing.T) {
 		}
 		for _, hc := range held {
 			hc.cancel()
+		}
+	})
+}
+
+// TestB72_ConsulMetaMaxInFlight: an instance registered in Consul with the
+// meta healthgate_max_in_flight takes no more calls at once than it says,
+// on a route learned from its route tag with no limit of its own, while
+// another instance takes the rest; a new value in Consul applies live.
+func TestB72_ConsulMetaMaxInFlight(t *testing.T) {
+	c := testutil.StartConsul(t)
+	a, b := testutil.StartBackend(t), testutil.StartBackend(t)
+	regA := testutil.RouteReg("a", "svc", a.Addr, testutil.TestService)
+	c.Register(t, "", testutil.RouteReg("b", "svc", b.Addr, testutil.TestService))
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		// What the previous engine's run left unread.
+		a.Drain()
+		b.Drain()
+		regA.Meta = map[string]string{healthcheck.MetaMaxInFlight: "1"}
+		c.Register(t, "", regA)
+		h := e.start(t, consulCfg(c.Addr))
+		h.routable(t, testutil.TestService, 2)
+		limitOfA := func(n int) func() bool {
+			return func() bool {
+				be, ok := h.backendIn(testutil.TestService, a.Addr)
+				return ok && be.MaxInFlight == n
+			}
+		}
+		testutil.WaitFor(t, 10*time.Second, "a's limit of 1 to be known", limitOfA(1))
+		cc := testutil.Dial(t, h.addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+
+		var held []*heldCall
+		defer func() {
+			for _, hc := range held {
+				hc.cancel()
+			}
+		}()
+		for len(held) == 0 || held[len(held)-1].on != a {
+			if len(held) > 10 {
+				t.Fatal("ten held calls and none on a")
+			}
+			held = append(held, hold(t, cc, a, b))
+		}
+		for i := range 10 {
+			if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); err != nil {
+				t.Fatalf("call %d with a at its limit: %v", i, err)
+			}
+		}
+		noStart(t, a, "a at its own max_in_flight")
+
+		regA.Meta[healthcheck.MetaMaxInFlight] = "2"
+		c.Register(t, "", regA)
+		testutil.WaitFor(t, 10*time.Second, "a's limit of 2 to be known", limitOfA(2))
+		tookOne := false
+		for range 10 {
+			if _, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-a.Started():
+				tookOne = true
+			default:
+			}
+			if tookOne {
+				break
+			}
+		}
+		if !tookOne {
+			t.Fatal("with its limit raised to 2 in Consul, a took none of 10 calls")
 		}
 	})
 }
