@@ -80,8 +80,9 @@ func TestB71_TimeoutAndMaxTimeoutReachTheBackend(t *testing.T) {
 		start := time.Now()
 		_, err := testutil.Unary(ctx, cc, "/test.Svc/Block", nil)
 		took := time.Since(start)
-		if status.Code(err) != codes.DeadlineExceeded {
-			t.Fatalf("a call over max_timeout got %v, want DEADLINE_EXCEEDED", err)
+		const capMsg = "healthgate: deadline exceeded: capped at max_timeout 300ms of route test.Svc"
+		if st := status.Convert(err); st.Code() != codes.DeadlineExceeded || st.Message() != capMsg {
+			t.Fatalf("a call over max_timeout got %v, want DEADLINE_EXCEEDED %q", err, capMsg)
 		}
 		if took < 300*time.Millisecond || took > 10*time.Second {
 			t.Fatalf("a call capped at 300ms ended after %s", took)

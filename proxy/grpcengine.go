@@ -70,9 +70,13 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		}
 		// A shorter deadline on the context is what the backend is sent
 		// as its grpc-timeout.
-		if d, ok := p.callTimeout(&rt, left, has); ok && (!has || d < left) {
+		if d, ok, capped := p.callTimeout(&rt, left, has); ok && (!has || d < left) {
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, d)
+			if capped {
+				ctx, cancel = context.WithTimeoutCause(ctx, d, status.Error(codes.DeadlineExceeded, cappedMessage(rt.Name, d)))
+			} else {
+				ctx, cancel = context.WithTimeout(ctx, d)
+			}
 			defer cancel()
 		}
 	}
@@ -304,6 +308,13 @@ func transportFailure(err error) bool {
 // that cause wins over what the cancelled backend call reports; when it
 // ended between the gateway and the backend, the code says so honestly.
 func clientError(ctx context.Context, arrived time.Time, err error) error {
+	if d, ok := ctx.Deadline(); ok && ctx.Err() == nil && !time.Now().Before(d) {
+		// The deadline has passed and its timer is about to end the
+		// context: the backend's copy of the deadline (a little later)
+		// ended the call first. The deadline's own status is the answer,
+		// a moment away.
+		<-ctx.Done()
+	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		if st, ok := status.FromError(cause); ok {
 			return st.Err()

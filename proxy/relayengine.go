@@ -46,6 +46,9 @@ type relayCall struct {
 	// deadline is when the client's grpc-timeout (or the default) ends;
 	// zero without one.
 	deadline time.Time
+	// capped: the route's max_timeout set the deadline, shorter than
+	// what the client asked.
+	capped bool
 	// reqFields are the headers sent to the backend, kept to open the
 	// stream again on another backend when one refuses it before any
 	// request byte was sent.
@@ -428,7 +431,7 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 		return
 	}
 	if r.p.limitsDeadline(&call.route) {
-		timeout, hasTimeout = r.p.callTimeout(&call.route, timeout, hasTimeout)
+		timeout, hasTimeout, call.capped = r.p.callTimeout(&call.route, timeout, hasTimeout)
 	}
 	call.reqFields = r.outgoing(f, call, timeout, hasTimeout)
 	call.reqEnded = f.StreamEnded()
@@ -780,6 +783,13 @@ func (h backendSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
 		c.finishLocked(codes.Unavailable, "healthgate: the backend refused the stream", Local)
 		return
 	}
+	if code == http2.ErrCodeCancel && !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
+		// The backend's copy of the deadline passed, a little after the
+		// gateway's, before the gateway's timer ran: the deadline, as
+		// grpc-go's client reads such a reset too.
+		c.expiredLocked()
+		return
+	}
 	msg := fmt.Sprintf("healthgate: backend %s reset the stream: %s", c.upAddr(), code)
 	if err != nil {
 		msg = fmt.Sprintf("healthgate: backend %s: %v", c.upAddr(), err)
@@ -821,6 +831,11 @@ func deadlineSlack(timeout time.Duration) time.Duration {
 func (c *relayCall) expired() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.expiredLocked()
+}
+
+// expiredLocked ends the call for its deadline.
+func (c *relayCall) expiredLocked() {
 	if c.done {
 		return
 	}
@@ -829,7 +844,11 @@ func (c *relayCall) expired() {
 		// No response header before the deadline: the backend's.
 		origin = Local
 	}
-	c.failLocked(codes.DeadlineExceeded, "healthgate: deadline exceeded", nil, origin)
+	msg := "healthgate: deadline exceeded"
+	if c.capped {
+		msg = cappedMessage(c.route.Name, c.deadline.Sub(c.start))
+	}
+	c.failLocked(codes.DeadlineExceeded, msg, nil, origin)
 }
 
 // idleExpired is the idle timer's end: the call moved nothing for the

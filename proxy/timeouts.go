@@ -18,16 +18,24 @@ import (
 // callTimeout is the timeout a call on route rt runs with, given the one
 // the client sent (client, when has): the client's own, else the route's
 // timeout, else default_timeout; any of them capped by the route's
-// max_timeout, which bounds calls without a deadline too. False: the call
-// runs without one.
-func (p *Proxy) callTimeout(rt *Route, client time.Duration, has bool) (time.Duration, bool) {
+// max_timeout, which bounds calls without a deadline too. ok false: the
+// call runs without one. capped: max_timeout cut it short, which the
+// status of a call that runs out says.
+func (p *Proxy) callTimeout(rt *Route, client time.Duration, has bool) (d time.Duration, ok, capped bool) {
 	if !has {
 		client, has = p.timeout(rt)
 	}
 	if rt.Policy != nil && rt.Policy.MaxTimeout > 0 && (!has || client > rt.Policy.MaxTimeout) {
-		return rt.Policy.MaxTimeout, true
+		return rt.Policy.MaxTimeout, true, true
 	}
-	return client, has
+	return client, has, false
+}
+
+// cappedMessage is the status message of a call whose deadline, capped
+// by the route's max_timeout d, passed: the client learns why it came
+// sooner than it asked.
+func cappedMessage(route string, d time.Duration) string {
+	return fmt.Sprintf("healthgate: deadline exceeded: capped at max_timeout %s of route %s", d, route)
 }
 
 // limitsDeadline reports whether the route may set or shorten a call's

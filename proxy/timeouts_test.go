@@ -41,12 +41,15 @@ func TestCallTimeout(t *testing.T) {
 		if got := p.limitsDeadline(rt); got != tc.limiting {
 			t.Errorf("%s: limitsDeadline = %v, want %v", tc.name, got, tc.limiting)
 		}
-		d, ok := p.callTimeout(rt, max(tc.client, 0), tc.client != none)
+		d, ok, capped := p.callTimeout(rt, max(tc.client, 0), tc.client != none)
 		if !ok {
 			d = none
 		}
 		if d != tc.want {
 			t.Errorf("%s: callTimeout = %v, want %v", tc.name, d, tc.want)
+		}
+		if wantCapped := strings.HasPrefix(tc.name, "max_timeout") && tc.name != "max_timeout keeps a shorter one"; capped != wantCapped {
+			t.Errorf("%s: capped = %v, want %v", tc.name, capped, wantCapped)
 		}
 	}
 }
