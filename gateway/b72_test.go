@@ -5,6 +5,9 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/healthgate/healthgate/admin"
 	"github.com/healthgate/healthgate/balancer/balancercfg"
 	"github.com/healthgate/healthgate/healthcheck"
 	"github.com/healthgate/healthgate/internal/testutil"
@@ -182,6 +186,9 @@ func TestB72_ConsulMetaMaxInFlight(t *testing.T) {
 			}
 		}
 		testutil.WaitFor(t, 10*time.Second, "a's limit of 1 to be known", limitOfA(1))
+		if got := backendsMaxInFlight(t, adminServer(t, h), a.Addr); got != 1 {
+			t.Fatalf("/backends shows max_in_flight %d for a, want its meta's 1", got)
+		}
 		cc := testutil.Dial(t, h.addr)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -226,4 +233,26 @@ func TestB72_ConsulMetaMaxInFlight(t *testing.T) {
 			t.Fatal("with its limit raised to 2 in Consul, a took none of 10 calls")
 		}
 	})
+}
+
+// backendsMaxInFlight is the max_in_flight /backends shows for addr.
+func backendsMaxInFlight(t *testing.T, srv *httptest.Server, addr string) int {
+	t.Helper()
+	code, body := get(t, srv, "/backends")
+	if code != http.StatusOK {
+		t.Fatalf("/backends: %d %s", code, body)
+	}
+	var v admin.View
+	if err := json.Unmarshal([]byte(body), &v); err != nil {
+		t.Fatalf("/backends: %v", err)
+	}
+	for _, r := range v.Routes {
+		for _, b := range r.Backends {
+			if b.Addr == addr {
+				return b.MaxInFlight
+			}
+		}
+	}
+	t.Fatalf("/backends does not list %s", addr)
+	return 0
 }
