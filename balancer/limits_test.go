@@ -250,3 +250,23 @@ func TestInstanceMaxInFlight(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkPickLimited is BenchmarkPick on a route with max_in_flight and
+// a rate that let everything through: what the limits cost a call.
+func BenchmarkPickLimited(b *testing.B) {
+	bal, _ := New(Config{Limits: map[string]Limits{"a.S": {MaxInFlight: 1 << 20, Rate: Rate{PerSecond: 1e12, Burst: 1 << 30}}}}, nil)
+	h := newHandles(b, 3)
+	bal.Update(h.state("a.S", []int{1, 1, 1}, []bool{true, true, true}))
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			r, err := bal.Route("/a.S/Method", nil)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			hd, _ := r.Pick(nil)
+			hd.Done(done)
+		}
+	})
+}

@@ -85,8 +85,11 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if d := idleTimeout(&rt); d > 0 {
+		// Copies, so that the closure does not move the call's route to
+		// the heap for every call.
+		name, cancelIdle := rt.Name, cancel
 		it := newIdleTimer(d, func() {
-			cancel(status.Error(codes.DeadlineExceeded, idleMessage(rt.Name, d)))
+			cancelIdle(status.Error(codes.DeadlineExceeded, idleMessage(name, d)))
 		})
 		defer it.stop()
 		ss = idleServerStream{ss, it}
