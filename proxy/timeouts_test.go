@@ -77,12 +77,14 @@ func TestRoutePolicyValidateNamesTheField(t *testing.T) {
 // past many periods, without being reset for each; once they stop, it
 // fires within about one period of the last; a stopped timer never fires.
 func TestIdleTimerFiresOnlyWhenQuiet(t *testing.T) {
-	const idle = 100 * time.Millisecond
+	// Long beside the touches' spacing, so that a busy machine's stalls
+	// do not make a quiet spell.
+	const idle = 500 * time.Millisecond
 	fired := make(chan time.Time, 1)
 	it := newIdleTimer(idle, func() { fired <- time.Now() })
 	defer it.stop()
-	tick := time.NewTicker(idle / 5)
-	busyUntil := time.After(5 * idle)
+	tick := time.NewTicker(idle / 20)
+	busyUntil := time.After(3 * idle)
 busy:
 	for {
 		select {
@@ -91,7 +93,7 @@ busy:
 		case <-busyUntil:
 			break busy
 		case at := <-fired:
-			t.Fatalf("fired at %v while touched every %v", at, idle/5)
+			t.Fatalf("fired at %v while touched every %v", at, idle/20)
 		}
 	}
 	tick.Stop()
