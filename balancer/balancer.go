@@ -223,6 +223,10 @@ type Balancer struct {
 	limiters map[string]routeLimiter
 }
 
+// routeLimiter is a route's token bucket and the rate it was made for.
+// golang.org/x/time/rate is the Go team's token bucket: Allow never
+// blocks, takes one short lock and starts no goroutine, which is what a
+// pick may afford; a bucket of our own would only be more to get wrong.
 type routeLimiter struct {
 	rate balancercfg.Rate
 	l    *rate.Limiter
