@@ -134,6 +134,9 @@ type BackendView struct {
 	Reason   string    `json:"reason,omitempty"`
 	Since    time.Time `json:"since"`
 	InFlight int64     `json:"in_flight"`
+	// MaxInFlight is the instance's own limit of calls at once (Consul
+	// meta healthgate_max_in_flight); absent without one.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
 	// EjectedUntil is set while passive failure detection keeps the
 	// backend out.
 	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
@@ -164,6 +167,7 @@ func Snapshot(g Gateway) View {
 			bv := BackendView{
 				Addr: b.Addr, Discovery: b.Discovery, Weight: b.Weight, Tags: b.Tags, HealthService: b.HealthService,
 				Health: b.Status.String(), Routable: b.Routable, Reason: b.Reason, Since: b.Since, Leaving: b.Leaving,
+				MaxInFlight: b.MaxInFlight,
 			}
 			if b.Handle != nil {
 				bv.InFlight = b.Handle.InFlight()

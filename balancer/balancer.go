@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -46,7 +47,31 @@ type Config struct {
 	// Routing by route name narrows calls to subsets of the route's
 	// backends; a route not listed has none.
 	Routing map[string]Routing
+	// Limits by route name; a route not listed has none.
+	Limits map[string]Limits
+	// OnRefused, if set, is told of each call a route's limits refused,
+	// and why (RefusedFull or RefusedRate). It runs on the call's
+	// goroutine and must not block.
+	OnRefused func(route string, why Refusal)
 }
+
+// Limits are a route's max_in_flight and rate; see balancercfg for why
+// they are defined there.
+type Limits = balancercfg.Limits
+
+// Rate is a route's token bucket; see balancercfg.
+type Rate = balancercfg.Rate
+
+// Refusal is why a route's limits refused a call.
+type Refusal string
+
+// The refusals.
+const (
+	// RefusedFull: every backend of the route was at max_in_flight.
+	RefusedFull Refusal = "max_in_flight"
+	// RefusedRate: the route's rate was exceeded.
+	RefusedRate Refusal = "rate_limit"
+)
 
 // Validate reports the first policy that is not known.
 func (c Config) Validate() error {
@@ -60,6 +85,11 @@ func (c Config) Validate() error {
 	}
 	for r, rt := range c.Routing {
 		if err := rt.Validate(); err != nil {
+			return fmt.Errorf("route %q: %w", r, err)
+		}
+	}
+	for r, l := range c.Limits {
+		if err := l.Validate(); err != nil {
 			return fmt.Errorf("route %q: %w", r, err)
 		}
 	}
@@ -98,6 +128,43 @@ func (e *NoUpstreamError) GRPCStatus() *status.Status {
 	return status.New(codes.Unavailable, "healthgate: "+e.Error())
 }
 
+// FullError: every backend of the route the call has not tried is at the
+// route's max_in_flight.
+type FullError struct {
+	Route string
+	// Limit is the route's max_in_flight; zero when only the instances
+	// set theirs.
+	Limit int
+}
+
+func (e *FullError) Error() string {
+	if e.Limit == 0 {
+		return fmt.Sprintf("every backend of route %q is at its own max_in_flight (%s)", e.Route, healthcheck.MetaMaxInFlight)
+	}
+	return fmt.Sprintf("every backend of route %q is at max_in_flight (%d calls)", e.Route, e.Limit)
+}
+
+// GRPCStatus makes the error UNAVAILABLE, as gRPC's own circuit breaking
+// (xDS max_requests) and Envoy's overflow do: the condition passes as soon
+// as calls finish, and a client may retry, later or through another
+// gateway. The call was never sent, so a retry cannot run it twice.
+func (e *FullError) GRPCStatus() *status.Status {
+	return status.New(codes.Unavailable, "healthgate: "+e.Error())
+}
+
+// RateLimitedError: the route's rate was exceeded.
+type RateLimitedError struct{ Route string }
+
+func (e *RateLimitedError) Error() string {
+	return fmt.Sprintf("rate limit of route %s exceeded", e.Route)
+}
+
+// GRPCStatus makes the error RESOURCE_EXHAUSTED: a quota ran out, which
+// retrying at once does not fix, and UNAVAILABLE would invite.
+func (e *RateLimitedError) GRPCStatus() *status.Status {
+	return status.New(codes.ResourceExhausted, "healthgate: "+e.Error())
+}
+
 // NotSyncedError: discovery has not been heard from yet, so the gateway
 // cannot tell an unknown service from one it will route in a moment.
 type NotSyncedError struct{ Service string }
@@ -128,6 +195,17 @@ type Route struct {
 	// sel chooses the subset of each call; nil when the route has no
 	// subsets, which then cost one comparison per call.
 	sel *selector
+	// limited: some backend has a limit of calls at once (the route's
+	// max_in_flight or the instance's own); ringLimit and hsLimit hold
+	// each entry's, zero for none.
+	limited            bool
+	ringLimit, hsLimit []int64
+	full               error
+	// limiter is the route's token bucket, kept by the Balancer across
+	// rebuilds; nil without a rate.
+	limiter     *rate.Limiter
+	rateLimited error
+	onRefused   func(string, Refusal)
 }
 
 type table struct {
@@ -149,6 +227,20 @@ type Balancer struct {
 	// built is each route's table entry as last built from, to rebuild
 	// only the routes that changed.
 	built map[string]builtFrom
+	// limiters are the routes' token buckets, by route name: a picker
+	// rebuilt, or a reload that leaves a route's rate as it was, keeps
+	// the bucket and what it has let through; a new rate starts a new
+	// one.
+	limiters map[string]routeLimiter
+}
+
+// routeLimiter is a route's token bucket and the rate it was made for.
+// golang.org/x/time/rate is the Go team's token bucket: Allow never
+// blocks, takes one short lock and starts no goroutine, which is what a
+// pick may afford; a bucket of our own would only be more to get wrong.
+type routeLimiter struct {
+	rate balancercfg.Rate
+	l    *rate.Limiter
 }
 
 type builtFrom struct {
@@ -162,10 +254,12 @@ type key struct {
 	// tags choose the backend's subsets: a change of tags moves traffic
 	// as a change of weight does.
 	tags []string
+	// limit is the instance's own max_in_flight.
+	limit int
 }
 
 func (k key) equal(o key) bool {
-	return k.h == o.h && k.weight == o.weight && slices.Equal(k.tags, o.tags)
+	return k.h == o.h && k.weight == o.weight && k.limit == o.limit && slices.Equal(k.tags, o.tags)
 }
 
 // New returns a balancer with no routes: every call is UNAVAILABLE (not
@@ -177,7 +271,7 @@ func New(cfg Config, logger *slog.Logger) (*Balancer, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	b := &Balancer{cfg: cfg, log: logger.With("component", "balancer"), built: map[string]builtFrom{}}
+	b := &Balancer{cfg: cfg, log: logger.With("component", "balancer"), built: map[string]builtFrom{}, limiters: map[string]routeLimiter{}}
 	b.table.Store(&table{routes: map[string]*Route{}})
 	return b, nil
 }
@@ -190,6 +284,11 @@ func (b *Balancer) SetConfig(cfg Config) error {
 	b.mu.Lock()
 	b.cfg = cfg
 	clear(b.built)
+	for name, l := range b.limiters {
+		if cfg.Limits[name].Rate != l.rate {
+			delete(b.limiters, name)
+		}
+	}
 	var rebuilt []rebuild
 	if b.last != nil {
 		rebuilt = b.updateLocked(b.last)
@@ -238,7 +337,7 @@ func (b *Balancer) updateLocked(st *healthcheck.State) []rebuild {
 		keys := make([]key, 0, r.Routable)
 		for _, be := range r.Backends {
 			if be.Routable {
-				keys = append(keys, key{be.Handle, be.Weight, be.Tags})
+				keys = append(keys, key{h: be.Handle, weight: be.Weight, tags: be.Tags, limit: be.MaxInFlight})
 			}
 		}
 		if !seen || !havePicker || !slices.EqualFunc(keys, prev.keys, key.equal) {
@@ -269,8 +368,19 @@ func (b *Balancer) build(route string, keys []key) *Route {
 	}
 	// mk makes the route and each of its subsets alike: a setting of the
 	// route belongs here, or its subsets would go without it.
-	mk := func(keys []key) *Route { return newRoute(route, policy, keys) }
+	lim := b.cfg.Limits[route]
+	mk := func(keys []key) *Route {
+		r := newRoute(route, policy, lim.MaxInFlight, keys)
+		r.onRefused = b.cfg.OnRefused
+		return r
+	}
 	p := mk(keys)
+	// The rate is the route's, whatever subset a call goes to: Route
+	// takes its token before choosing one.
+	if lim.Rate.Enabled() {
+		p.limiter = b.limiterLocked(route, lim.Rate)
+		p.rateLimited = &RateLimitedError{Route: route}
+	}
 	if rc := b.cfg.Routing[route]; rc.Enabled() {
 		p.sel = newSelector(p, keys, rc, mk)
 	}
@@ -278,7 +388,7 @@ func (b *Balancer) build(route string, keys []key) *Route {
 }
 
 // newRoute is a route, or a subset of one, made of keys.
-func newRoute(route string, policy Policy, keys []key) *Route {
+func newRoute(route string, policy Policy, maxInFlight int, keys []key) *Route {
 	p := &Route{route: route, policy: policy, noUpstream: &NoUpstreamError{Route: route}}
 	g := 0
 	for _, k := range keys {
@@ -293,10 +403,53 @@ func newRoute(route string, policy Policy, keys []key) *Route {
 	// Interleave by shuffling once: a weight-3 backend should not take
 	// three calls in a row.
 	rand.Shuffle(len(p.ring), func(i, j int) { p.ring[i], p.ring[j] = p.ring[j], p.ring[i] })
+	p.limitInFlight(maxInFlight, keys)
 	if len(p.ring) > 0 {
 		p.next.Store(rand.Uint32N(uint32(len(p.ring))))
 	}
 	return p
+}
+
+// limitInFlight sets each backend's limit of calls at once: the lower of
+// the route's max_in_flight and the instance's own, zero meaning none.
+func (p *Route) limitInFlight(route int, keys []key) {
+	if route == 0 && !slices.ContainsFunc(keys, func(k key) bool { return k.limit > 0 }) {
+		return
+	}
+	limits := make(map[*healthcheck.Handle]int64, len(keys))
+	for _, k := range keys {
+		l := k.limit
+		if l == 0 || (route > 0 && route < l) {
+			l = route
+		}
+		if l > 0 {
+			limits[k.h] = int64(l)
+		}
+	}
+	if len(limits) == 0 {
+		return
+	}
+	p.limited = true
+	p.full = &FullError{Route: p.route, Limit: route}
+	p.hsLimit = make([]int64, len(p.hs))
+	for i, h := range p.hs {
+		p.hsLimit[i] = limits[h]
+	}
+	p.ringLimit = make([]int64, len(p.ring))
+	for i, h := range p.ring {
+		p.ringLimit[i] = limits[h]
+	}
+}
+
+// limiterLocked is the token bucket of route at r: the one it has while
+// its rate stays r, else a new one, full.
+func (b *Balancer) limiterLocked(route string, r balancercfg.Rate) *rate.Limiter {
+	if l, ok := b.limiters[route]; ok && l.rate == r {
+		return l.l
+	}
+	l := rate.NewLimiter(rate.Limit(r.PerSecond), r.BurstOrDefault())
+	b.limiters[route] = routeLimiter{rate: r, l: l}
+	return l
 }
 
 // maxWeight bounds a backend's copies in the ring.
@@ -319,9 +472,11 @@ type Headers interface {
 // whose request headers are h (nil: none): the backends it may go to, as
 // they are now; for a route with subsets, those of the subset that the
 // headers or the weighted split choose.
-// It never blocks. Errors carry their gRPC status: UNIMPLEMENTED when no
-// route covers the service, UNAVAILABLE when discovery has not synced and
-// the route has no backend yet.
+// It never blocks. A call it returns a route for counts against the
+// route's rate: call it once per call, not per attempt. Errors carry their
+// gRPC status: UNIMPLEMENTED when no route covers the service, UNAVAILABLE
+// when discovery has not synced and the route has no backend yet,
+// RESOURCE_EXHAUSTED when the route's rate is exceeded.
 func (b *Balancer) Route(fullMethod string, h Headers) (*Route, error) {
 	t := b.table.Load()
 	svc := serviceOf(fullMethod)
@@ -336,6 +491,12 @@ func (b *Balancer) Route(fullMethod string, h Headers) (*Route, error) {
 	}
 	if len(p.hs) == 0 && !t.synced {
 		return nil, &NotSyncedError{Service: svc}
+	}
+	if p.limiter != nil && !p.limiter.Allow() {
+		if p.onRefused != nil {
+			p.onRefused(p.route, RefusedRate)
+		}
+		return nil, p.rateLimited
 	}
 	if p.sel != nil {
 		return p.sel.choose(h), nil
@@ -361,8 +522,11 @@ func (p *Route) Name() string { return p.route }
 // sent to without being accepted). It never blocks. The backend is counted
 // in flight (Handle.Begin); the caller calls its Done when the call ends.
 // The error, UNAVAILABLE, says that the route has no routable backend
-// left.
+// left, or that every one it has is at max_in_flight.
 func (p *Route) Pick(tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
+	if p.limited {
+		return p.pickLimited(tried)
+	}
 	var h *healthcheck.Handle
 	switch n := uint32(len(p.hs)); {
 	case n == 0:
@@ -392,6 +556,65 @@ func (p *Route) Pick(tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
 	}
 	h.Begin()
 	return h, nil
+}
+
+// pickLimited is Pick on a route with max_in_flight: the policy's choice
+// if it has room, else the first backend with room after it, counted in
+// flight in the same step as the check (TryBegin). All full: FullError at
+// once; a call is never queued.
+func (p *Route) pickLimited(tried []*healthcheck.Handle) (*healthcheck.Handle, error) {
+	n := uint32(len(p.hs))
+	if n == 0 {
+		return nil, p.noUpstream
+	}
+	var h *healthcheck.Handle
+	var i uint32
+	var limit int64
+	if p.policy == LeastRequest && n > 1 {
+		i = rand.Uint32N(n)
+		j := rand.Uint32N(n - 1)
+		if j >= i {
+			j++
+		}
+		h, limit = p.hs[i], p.hsLimit[i]
+		if other := p.hs[j]; other.InFlight() < h.InFlight() {
+			h, limit = other, p.hsLimit[j]
+		}
+	} else {
+		i = p.next.Add(1)
+		k := i % uint32(len(p.ring))
+		h, limit = p.ring[k], p.ringLimit[k]
+	}
+	if (len(tried) == 0 || !slices.Contains(tried, h)) && begin(h, limit) {
+		return h, nil
+	}
+	untried := false
+	for k := range n {
+		c := (i + k) % n
+		if len(tried) > 0 && slices.Contains(tried, p.hs[c]) {
+			continue
+		}
+		untried = true
+		if begin(p.hs[c], p.hsLimit[c]) {
+			return p.hs[c], nil
+		}
+	}
+	if !untried {
+		return nil, &NoUpstreamError{Route: p.route, Tried: len(tried)}
+	}
+	if p.onRefused != nil {
+		p.onRefused(p.route, RefusedFull)
+	}
+	return nil, p.full
+}
+
+// begin counts a call on h if it has room under limit (zero: no limit).
+func begin(h *healthcheck.Handle, limit int64) bool {
+	if limit == 0 {
+		h.Begin()
+		return true
+	}
+	return h.TryBegin(limit)
 }
 
 // untried is the first backend after position i that the call has not been

@@ -104,6 +104,8 @@ type Route struct {
 	Health healthcheckcfg.RouteConfig `yaml:",inline"`
 	// Policy: round_robin (default) or least_request.
 	Policy balancercfg.Policy `yaml:"policy"`
+	// Limits are the route's max_in_flight and rate; balancer owns them.
+	Limits balancercfg.Limits `yaml:",inline"`
 	// Traffic is the route's forwarding policy (timeout, ...); proxy
 	// owns it.
 	Traffic proxycfg.RoutePolicy `yaml:",inline"`
@@ -252,6 +254,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s.policy: %w", f, err)
 		}
 		if err := r.Traffic.Validate(); err != nil {
+			return fmt.Errorf("%s.%w", f, err)
+		}
+		if err := r.Limits.Validate(); err != nil {
 			return fmt.Errorf("%s.%w", f, err)
 		}
 	}

@@ -208,11 +208,15 @@ type plan struct {
 
 func (g *Gateway) plan(cfg config.Config) (plan, error) {
 	p := plan{routes: map[string]healthcheck.RouteConfig{}, policies: map[string]*proxy.RoutePolicy{}}
-	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt, Routing: map[string]balancer.Routing{}}
+	p.balancer = balancer.Config{Policies: map[string]balancer.Policy{}, OnRebuild: g.metrics.PickerRebuilt,
+		Routing: map[string]balancer.Routing{}, Limits: map[string]balancer.Limits{}, OnRefused: g.routeRefused}
 	for _, r := range cfg.Routes {
 		p.balancer.Policies[r.Service] = r.Policy
 		if r.Routing.Enabled() {
 			p.balancer.Routing[r.Service] = r.Routing
+		}
+		if r.Limits != (balancer.Limits{}) {
+			p.balancer.Limits[r.Service] = r.Limits
 		}
 		p.routes[r.Service] = r.Health
 		p.policies[r.Service] = &r.Traffic
@@ -223,6 +227,11 @@ func (g *Gateway) plan(cfg config.Config) (plan, error) {
 	}
 	p.source = src
 	return p, nil
+}
+
+// routeRefused is the balancer's OnRefused: the metric.
+func (g *Gateway) routeRefused(route string, why balancer.Refusal) {
+	g.metrics.RouteRefused(route, string(why))
 }
 
 // picker adapts the balancer to the proxy's interface; the proxy declares

@@ -189,6 +189,26 @@ func (b *Handle) Begin() {
 	}
 }
 
+// TryBegin is Begin for a backend that may have at most limit calls at
+// once: false, and nothing counted, when it has that many already. The
+// check and the count are one step, so that a burst of calls cannot all
+// see room for one more and overshoot the limit together.
+func (b *Handle) TryBegin(limit int64) bool {
+	for {
+		n := b.inflight.Load()
+		if n >= limit {
+			return false
+		}
+		if b.inflight.CompareAndSwap(n, n+1) {
+			break
+		}
+	}
+	if !b.picked.Load() {
+		b.picked.Store(true)
+	}
+	return true
+}
+
 // busy reports whether the backend had calls since it was last asked.
 func (b *Handle) busy() bool { return b.inflight.Load() > 0 || b.picked.Swap(false) }
 

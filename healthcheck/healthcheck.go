@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -99,6 +100,28 @@ func healthService(rc RouteConfig, route string, ep discovery.Endpoint) string {
 		}
 	}
 	return defaultHealthService(rc, route)
+}
+
+// MetaMaxInFlight is the discovery metadata key (Consul service meta) with
+// which an instance says how many calls it takes at once, all routes
+// together: a positive integer. Its routes' pickers skip it while it has
+// that many, as they do at a route's max_in_flight; the lower of the two
+// applies.
+const MetaMaxInFlight = "healthgate_max_in_flight"
+
+// maxInFlight is ep's MetaMaxInFlight; zero when it has none. A value that
+// is not a positive integer is ignored, as no limit: the instance stays in
+// rotation rather than being shut out by a typo.
+func maxInFlight(ep discovery.Endpoint) int {
+	v, ok := ep.Meta[MetaMaxInFlight]
+	if !ok {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }
 
 func defaultHealthService(rc RouteConfig, route string) string {
@@ -635,7 +658,7 @@ func (r *run) buildRoute(now time.Time, name string, eps, leavingEps []discovery
 			return
 		}
 		b := r.refresh(now, Backend{
-			Handle: h, Addr: ep.Addr, Weight: max(ep.Weight, 1), Tags: ep.Tags, Discovery: ep.Status,
+			Handle: h, Addr: ep.Addr, Weight: max(ep.Weight, 1), Tags: ep.Tags, Discovery: ep.Status, MaxInFlight: maxInFlight(ep),
 			HealthService: healthService(rc, name, ep), Reason: leavingWhy, Leaving: leavingWhy != "",
 		})
 		if b.Routable {

@@ -87,6 +87,9 @@ type Backend struct {
 	Addr   string
 	Weight int
 	Tags   []string
+	// MaxInFlight is the instance's own limit of calls at once
+	// (MetaMaxInFlight); zero for none.
+	MaxInFlight int
 	// Discovery is the source's word on the instance (discovery.Endpoint's
 	// Status).
 	Discovery string
@@ -160,7 +163,7 @@ func (b Backend) same(o Backend) bool {
 	return b.Handle == o.Handle && b.Addr == o.Addr && b.Weight == o.Weight && b.Discovery == o.Discovery &&
 		b.HealthService == o.HealthService && b.Routable == o.Routable && b.Status == o.Status &&
 		b.Reason == o.Reason && b.EjectedUntil.Equal(o.EjectedUntil) && b.Leaving == o.Leaving &&
-		equalStrings(b.Tags, o.Tags)
+		equalStrings(b.Tags, o.Tags) && b.MaxInFlight == o.MaxInFlight
 }
 
 func (r *Route) same(o *Route) bool {

@@ -45,6 +45,7 @@ type Metrics struct {
 	transitions  *prometheus.CounterVec
 	watchStarts  *prometheus.CounterVec
 	rebuilds     *prometheus.CounterVec
+	refused      *prometheus.CounterVec
 	ejections    *prometheus.CounterVec
 	consulTook   *prometheus.HistogramVec
 	consulErrors *prometheus.CounterVec
@@ -122,6 +123,10 @@ func New(accessLog *slog.Logger) *Metrics {
 			Name: "healthgate_balancer_picker_rebuilds_total",
 			Help: "Times a route's picker was rebuilt because its routable backends changed.",
 		}, []string{"route"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_route_refused_total",
+			Help: "Calls a route's limits refused before any backend saw them, by reason: max_in_flight (every backend full, UNAVAILABLE) or rate_limit (RESOURCE_EXHAUSTED).",
+		}, []string{"route", "reason"}),
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "healthgate_backend_ejections_total",
 			Help: "Times passive failure detection ejected a backend whose calls kept failing at the backend itself.",
@@ -150,7 +155,7 @@ func New(accessLog *slog.Logger) *Metrics {
 		s.handling = m.handling.WithLabelValues(s.service, s.method)
 	}
 	r.MustRegister(m.handled, m.handling, m.inFlight, m.payload, m.transitions, m.watchStarts,
-		m.rebuilds, m.ejections, m.consulTook, m.consulErrors, m.consulOK,
+		m.rebuilds, m.refused, m.ejections, m.consulTook, m.consulErrors, m.consulOK,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -254,6 +259,12 @@ func (m *Metrics) ForgetBackend(addr string) {
 
 // PickerRebuilt is the balancer's OnRebuild.
 func (m *Metrics) PickerRebuilt(route string, _ int) { m.rebuilds.WithLabelValues(route).Inc() }
+
+// RouteRefused counts a call that a route's limits refused, and why
+// (the balancer's OnRefused).
+func (m *Metrics) RouteRefused(route, why string) {
+	m.refused.WithLabelValues(route, why).Inc()
+}
 
 // BackendEjected implements healthcheck.Events.
 func (m *Metrics) BackendEjected(addr string) { m.ejections.WithLabelValues(label(addr)).Inc() }

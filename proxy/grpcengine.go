@@ -62,10 +62,21 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		return finish(st.Err())
 	}
 	info.Route = rt.Name
-	if _, ok := ctx.Deadline(); !ok {
-		if d, ok := p.timeout(&rt); ok {
+	if p.limitsDeadline(&rt) {
+		dl, has := ctx.Deadline()
+		var left time.Duration
+		if has {
+			left = time.Until(dl)
+		}
+		// A shorter deadline on the context is what the backend is sent
+		// as its grpc-timeout.
+		if d, ok, capped := p.callTimeout(&rt, left, has); ok && (!has || d < left) {
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, d)
+			if capped {
+				ctx, cancel = context.WithTimeoutCause(ctx, d, status.Error(codes.DeadlineExceeded, cappedMessage(rt.Name, d)))
+			} else {
+				ctx, cancel = context.WithTimeout(ctx, d)
+			}
 			defer cancel()
 		}
 	}
@@ -73,6 +84,16 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	// over from the client's side (cancel, deadline, oversized message).
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	if d := idleTimeout(&rt); d > 0 {
+		// Copies, so that the closure does not move the call's route to
+		// the heap for every call.
+		name, cancelIdle := rt.Name, cancel
+		it := newIdleTimer(d, func() {
+			cancelIdle(status.Error(codes.DeadlineExceeded, idleMessage(name, d)))
+		})
+		defer it.stop()
+		ss = idleServerStream{ss, it}
+	}
 
 	opts := p.callOpts
 	if ct := reqMD["content-type"]; len(ct) > 0 {
@@ -290,6 +311,13 @@ func transportFailure(err error) bool {
 // that cause wins over what the cancelled backend call reports; when it
 // ended between the gateway and the backend, the code says so honestly.
 func clientError(ctx context.Context, arrived time.Time, err error) error {
+	if d, ok := ctx.Deadline(); ok && ctx.Err() == nil && !time.Now().Before(d) {
+		// The deadline has passed and its timer is about to end the
+		// context: the backend's copy of the deadline (a little later)
+		// ended the call first. The deadline's own status is the answer,
+		// a moment away.
+		<-ctx.Done()
+	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		if st, ok := status.FromError(cause); ok {
 			return st.Err()

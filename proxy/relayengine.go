@@ -46,6 +46,9 @@ type relayCall struct {
 	// deadline is when the client's grpc-timeout (or the default) ends;
 	// zero without one.
 	deadline time.Time
+	// capped: the route's max_timeout set the deadline, shorter than
+	// what the client asked.
+	capped bool
 	// reqFields are the headers sent to the backend, kept to open the
 	// stream again on another backend when one refuses it before any
 	// request byte was sent.
@@ -62,6 +65,9 @@ type relayCall struct {
 	tried    []Upstream
 	attempts int
 	timer    *time.Timer
+	// idle ends the call when it moves nothing for the route's
+	// idle_timeout; nil without one.
+	idle *idleTimer
 	// answered: response headers went to the client.
 	answered bool
 	// sentReq: request bytes went to the backend: the call can no longer
@@ -424,8 +430,8 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 		call.fail(st.Code(), st.Message(), nil, Local)
 		return
 	}
-	if !hasTimeout {
-		timeout, hasTimeout = r.p.timeout(&call.route)
+	if r.p.limitsDeadline(&call.route) {
+		timeout, hasTimeout, call.capped = r.p.callTimeout(&call.route, timeout, hasTimeout)
 	}
 	call.reqFields = r.outgoing(f, call, timeout, hasTimeout)
 	call.reqEnded = f.StreamEnded()
@@ -433,6 +439,11 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 		call.deadline = call.start.Add(timeout)
 		call.mu.Lock()
 		call.timer = time.AfterFunc(timeout, call.expired)
+		call.mu.Unlock()
+	}
+	if d := idleTimeout(&call.route); d > 0 {
+		call.mu.Lock()
+		call.idle = newIdleTimer(d, call.idleExpired)
 		call.mu.Unlock()
 	}
 	call.mu.Lock()
@@ -577,6 +588,9 @@ func (h clientSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 		s.Consumed(len(p))
 		return
 	}
+	if c.idle != nil {
+		c.idle.touch()
+	}
 	l, payload := c.reqMsg.feed(p, c.r.p.cfg.MaxRequestBytes)
 	if l > 0 {
 		ch.Release()
@@ -638,6 +652,9 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 	defer c.mu.Unlock()
 	if c.done || s != c.backend {
 		return
+	}
+	if c.idle != nil {
+		c.idle.touch()
 	}
 	fields := responseFields(f)
 	end := f.StreamEnded()
@@ -722,6 +739,9 @@ func (h backendSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 		s.Consumed(len(p))
 		return
 	}
+	if c.idle != nil {
+		c.idle.touch()
+	}
 	l, payload := c.respMsg.feed(p, c.r.p.cfg.MaxResponseBytes)
 	if l > 0 {
 		ch.Release()
@@ -761,6 +781,13 @@ func (h backendSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
 		// again transparently.
 		c.client.Reset(http2.ErrCodeRefusedStream)
 		c.finishLocked(codes.Unavailable, "healthgate: the backend refused the stream", Local)
+		return
+	}
+	if code == http2.ErrCodeCancel && !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
+		// The backend's copy of the deadline passed, a little after the
+		// gateway's, before the gateway's timer ran: the deadline, as
+		// grpc-go's client reads such a reset too.
+		c.expiredLocked()
 		return
 	}
 	msg := fmt.Sprintf("healthgate: backend %s reset the stream: %s", c.upAddr(), code)
@@ -804,6 +831,11 @@ func deadlineSlack(timeout time.Duration) time.Duration {
 func (c *relayCall) expired() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.expiredLocked()
+}
+
+// expiredLocked ends the call for its deadline.
+func (c *relayCall) expiredLocked() {
 	if c.done {
 		return
 	}
@@ -812,7 +844,27 @@ func (c *relayCall) expired() {
 		// No response header before the deadline: the backend's.
 		origin = Local
 	}
-	c.failLocked(codes.DeadlineExceeded, "healthgate: deadline exceeded", nil, origin)
+	msg := "healthgate: deadline exceeded"
+	if c.capped {
+		msg = cappedMessage(c.route.Name, c.deadline.Sub(c.start))
+	}
+	c.failLocked(codes.DeadlineExceeded, msg, nil, origin)
+}
+
+// idleExpired is the idle timer's end: the call moved nothing for the
+// route's idle_timeout. Like a deadline, the backend's fault while it had
+// not answered.
+func (c *relayCall) idleExpired() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		return
+	}
+	origin := FromClient
+	if !c.answered {
+		origin = Local
+	}
+	c.failLocked(codes.DeadlineExceeded, idleMessage(c.route.Name, c.idle.idle), nil, origin)
 }
 
 func (c *relayCall) fail(code codes.Code, msg string, details []hpack.HeaderField, origin Origin) {
@@ -868,6 +920,9 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 	c.done = true
 	if c.timer != nil {
 		c.timer.Stop()
+	}
+	if c.idle != nil {
+		c.idle.stop()
 	}
 	if c.reqPending > 0 {
 		c.client.Consumed(c.reqPending)

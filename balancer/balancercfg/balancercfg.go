@@ -7,7 +7,10 @@
 // alone, and config's imports test holds it to that.
 package balancercfg
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 // Policy chooses among a route's routable backends. The zero value ""
 // means RoundRobin.
@@ -30,4 +33,55 @@ func (p Policy) Validate() error {
 		return nil
 	}
 	return fmt.Errorf("unknown policy %q (want %q or %q)", string(p), RoundRobin, LeastRequest)
+}
+
+// Limits are the load a route lets through: the max_in_flight and rate
+// keys of a routes: item. The zero value limits nothing.
+type Limits struct {
+	// MaxInFlight is how many calls a backend of the route may have at
+	// once (circuit breaking): a full backend is skipped, and a call that
+	// finds every backend full fails at once with UNAVAILABLE, never
+	// queued. A backend's calls are counted across every route that uses
+	// it: the limit protects the backend, which serves them all. Zero
+	// means no limit.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// Rate is the route's token bucket.
+	Rate Rate `yaml:"rate"`
+}
+
+// Rate is a token bucket: a call takes a token, PerSecond tokens come
+// back each second, and at most Burst are kept. A call that finds none
+// fails with RESOURCE_EXHAUSTED. The zero value is no limit.
+type Rate struct {
+	// PerSecond is the sustained rate of calls; zero means no limit.
+	PerSecond float64 `yaml:"per_second"`
+	// Burst is how many calls may come at once after a quiet spell. Zero
+	// means PerSecond rounded up (at least 1).
+	Burst int `yaml:"burst"`
+}
+
+// Enabled reports whether the rate limits anything.
+func (r Rate) Enabled() bool { return r.PerSecond > 0 }
+
+// BurstOrDefault is Burst with its zero value replaced by what it means.
+func (r Rate) BurstOrDefault() int {
+	if r.Burst > 0 {
+		return r.Burst
+	}
+	return max(1, int(math.Ceil(r.PerSecond)))
+}
+
+// Validate reports the first field that cannot be used, by its YAML key.
+func (l Limits) Validate() error {
+	switch {
+	case l.MaxInFlight < 0:
+		return fmt.Errorf("max_in_flight: must not be negative, got %d", l.MaxInFlight)
+	case l.Rate.PerSecond < 0 || math.IsNaN(l.Rate.PerSecond) || math.IsInf(l.Rate.PerSecond, 0):
+		return fmt.Errorf("rate.per_second: must be a number of calls per second, not negative, got %v", l.Rate.PerSecond)
+	case l.Rate.Burst < 0:
+		return fmt.Errorf("rate.burst: must not be negative, got %d", l.Rate.Burst)
+	case l.Rate.Burst > 0 && l.Rate.PerSecond == 0:
+		return fmt.Errorf("rate.burst: needs rate.per_second")
+	}
+	return nil
 }

@@ -50,12 +50,31 @@ type RoutePolicy struct {
 	// Timeout is the deadline given to the route's calls that arrive
 	// without one, instead of default_timeout. Zero means default_timeout.
 	Timeout time.Duration `yaml:"timeout"`
+	// MaxTimeout caps the deadline of the route's calls: a client's
+	// grpc-timeout longer than it, and a call without one, get
+	// MaxTimeout, and the backend is sent the capped grpc-timeout. Zero
+	// means no cap.
+	MaxTimeout time.Duration `yaml:"max_timeout"`
+	// IdleTimeout ends a call of the route that moves nothing (no message
+	// bytes, no headers) in either direction for that long, with
+	// DEADLINE_EXCEEDED: the call may have done its work on the backend,
+	// which that code says and UNAVAILABLE (retry, it is safe) would
+	// deny. Zero means no idle limit.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
 }
 
 // Validate reports the first field that cannot be used, by its YAML key.
 func (r RoutePolicy) Validate() error {
-	if r.Timeout < 0 {
-		return fmt.Errorf("timeout: must not be negative, got %s", r.Timeout)
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"timeout", r.Timeout}, {"max_timeout", r.MaxTimeout}, {"idle_timeout", r.IdleTimeout}} {
+		if d.v < 0 {
+			return fmt.Errorf("%s: must not be negative, got %s", d.key, d.v)
+		}
+	}
+	if r.MaxTimeout > 0 && r.Timeout > r.MaxTimeout {
+		return fmt.Errorf("timeout: %s is longer than max_timeout %s, which caps it", r.Timeout, r.MaxTimeout)
 	}
 	return nil
 }
