@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // Listener wraps lis so that at most Limits.MaxConnections client
@@ -55,3 +57,12 @@ func (c *countedConn) Close() error {
 // connection, which does them in one writev(2) when it is the net
 // package's own.
 func (c *countedConn) WriteBuffers(v *net.Buffers) (int64, error) { return v.WriteTo(c.Conn) }
+
+// SyscallConn lets the relay write to the connection without waiting, as
+// it may to the net package's own.
+func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.New("proxy: the connection has no file descriptor")
+}

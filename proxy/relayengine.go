@@ -447,7 +447,7 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 		call.mu.Unlock()
 	}
 	call.mu.Lock()
-	call.open()
+	call.open(s)
 	call.mu.Unlock()
 }
 
@@ -493,8 +493,10 @@ func (r *Relay) outgoing(f *http2.MetaHeadersFrame, call *relayCall, timeout tim
 	return out
 }
 
-// open picks an upstream and opens the backend stream; mu held.
-func (c *relayCall) open() {
+// open picks an upstream and opens the backend stream; mu held. reader,
+// when not nil, is the stream whose handler (on its connection's reader)
+// opens it: the backend's connection is then flushed after that read.
+func (c *relayCall) open(reader *h2.Stream) {
 	r := c.r
 	for {
 		var up Upstream
@@ -523,9 +525,18 @@ func (c *relayCall) open() {
 				fields = slices.Clone(fields)
 			}
 			fields[3].Value = up.Addr()
-			bs, err := conn.OpenStream(fields, c.reqEnded, backendSide{c})
+			var bs *h2.Stream
+			var err error
+			if reader != nil {
+				bs, err = conn.QueueStream(fields, c.reqEnded, backendSide{c})
+			} else {
+				bs, err = conn.OpenStream(fields, c.reqEnded, backendSide{c})
+			}
 			if err == nil {
 				c.backend, c.up = bs, up
+				if reader != nil {
+					reader.ThenFlush(bs)
+				}
 				return
 			}
 		}
@@ -609,7 +620,9 @@ func (h clientSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 	}
 	c.sentReq = c.sentReq || len(p) > 0
 	c.reqPending += len(p)
-	c.backend.WriteData(ch, end)
+	if c.backend.QueueData(ch, end) {
+		s.ThenFlush(c.backend)
+	}
 }
 
 func (h clientSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
@@ -659,7 +672,9 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 	fields := responseFields(f)
 	end := f.StreamEnded()
 	if !end {
-		c.client.WriteHeaders(fields, end)
+		if c.client.QueueHeaders(fields, false) {
+			s.ThenFlush(c.client)
+		}
 		c.answered = true
 		return
 	}
@@ -674,7 +689,9 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 	c.answered = true
 	// The call is recorded before the client can see its end.
 	c.finishLocked(code, "", FromBackend)
-	c.client.WriteHeaders(fields, true)
+	if c.client.QueueHeaders(fields, true) {
+		s.ThenFlush(c.client)
+	}
 }
 
 // responseFields are the backend's response headers or trailers as the
@@ -751,7 +768,9 @@ func (h backendSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 		return
 	}
 	c.respBytes += int64(payload)
-	c.client.WriteData(ch, false)
+	if c.client.QueueData(ch, false) {
+		s.ThenFlush(c.client)
+	}
 	if end {
 		// A response without trailers: the backend broke the protocol.
 		c.failLocked(codes.Internal, "healthgate: the backend ended the stream without a status", nil, FromBackend)
@@ -772,7 +791,8 @@ func (h backendSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
 		c.tried = append(c.tried, c.up)
 		c.backend, c.up = nil, nil
 		if c.attempts < c.r.p.cfg.MaxAttempts {
-			c.open()
+			// Reset may come from any goroutine: the writer is woken.
+			c.open(nil)
 			return
 		}
 	}

@@ -154,6 +154,15 @@ type Conn struct {
 	encBuf encBuffer
 
 	wake chan struct{} // the writer has work; capacity 1
+	// inline: Flush may write on its caller's goroutine (the socket
+	// takes a write that does not wait).
+	inline bool
+	// picks and ctrls are the write turn's scratch lists.
+	picks []pick
+	ctrls []ctrlFrame
+	// flushes are connections to Flush once the reader has read what it
+	// has (Stream.ThenFlush); the reader goroutine's alone.
+	flushes []*Conn
 	done chan struct{} // closed when the connection is closed
 
 	mu sync.Mutex // guards the fields below
@@ -163,6 +172,9 @@ type Conn struct {
 	// pending are a Client's streams whose HEADERS wait for an ID and a
 	// free slot under the peer's MaxConcurrentStreams.
 	pending []*Stream
+	// writing: someone has the write turn (the writer goroutine, or a
+	// Flush); wantWrite: the writer was turned away meanwhile.
+	writing, wantWrite bool
 	// ready are the streams with frames to write, in turn; readySpare is
 	// the previous turn's list, kept for the next.
 	ready, readySpare []*Stream
@@ -252,6 +264,7 @@ func NewConn(nc net.Conn, role Role, cfg Config) *Conn {
 	}
 	c.br = bufio.NewReaderSize(nc, cfg.ReadBufferSize)
 	c.out = newOutBuf(nc, cfg.WriteBufferSize)
+	c.inline = c.out.rc != nil
 	c.rf = http2.NewFramer(nil, c.br)
 	c.rf.SetMaxReadFrameSize(cfg.MaxFrameSize)
 	c.rf.MaxHeaderListSize = cfg.MaxHeaderListSize
@@ -364,7 +377,15 @@ type goAwayError struct {
 func (e goAwayError) Error() string { return fmt.Sprintf("h2: %s: %s", e.code, e.reason) }
 
 func (c *Conn) readLoop() error {
+	// What handlers asked to have written goes out even when the
+	// connection ends.
+	defer c.runFlushes()
 	for {
+		if len(c.flushes) > 0 && !c.frameBuffered() {
+			// The next frame is not here yet: what arrived together
+			// leaves together, before the reader waits.
+			c.runFlushes()
+		}
 		if ok, err := c.readData(); ok || err != nil {
 			if err != nil {
 				return err
@@ -421,6 +442,25 @@ func (c *Conn) readData() (ok bool, err error) {
 		return true, err
 	}
 	return true, c.data(id, int64(n), ch, flags.Has(http2.FlagDataEndStream))
+}
+
+// frameBuffered reports whether a whole frame is in the read buffer.
+func (c *Conn) frameBuffered() bool {
+	n := c.br.Buffered()
+	if n < 9 {
+		return false
+	}
+	hdr, _ := c.br.Peek(9)
+	return n >= 9+(int(hdr[0])<<16|int(hdr[1])<<8|int(hdr[2]))
+}
+
+// runFlushes flushes the connections that handlers asked for.
+func (c *Conn) runFlushes() {
+	for i, w := range c.flushes {
+		w.Flush()
+		c.flushes[i] = nil
+	}
+	c.flushes = c.flushes[:0]
 }
 
 func errString(err error) string {

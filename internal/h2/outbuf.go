@@ -1,6 +1,10 @@
 package h2
 
-import "net"
+import (
+	"errors"
+	"net"
+	"syscall"
+)
 
 // outBuf gathers what the writer sends in one go: frames encoded into buf,
 // and large DATA payloads referenced where they lie, so that one writev(2)
@@ -18,6 +22,11 @@ type outBuf struct {
 	// seg is where in buf the bytes not yet in bufs start.
 	seg  int
 	bufs net.Buffers
+	// rc writes to nc without waiting (tryWrite); nil when nc cannot.
+	rc syscall.RawConn
+	// copyAll copies every payload into buf, for a write that may leave
+	// part of buf behind after the payloads went back to their pools.
+	copyAll bool
 }
 
 // BuffersWriter is a connection that wraps one of the net package's own
@@ -39,12 +48,18 @@ func newOutBuf(nc net.Conn, flushAt int) *outBuf {
 	case *net.TCPConn, *net.UnixConn, BuffersWriter:
 		vec = true
 	}
-	return &outBuf{nc: nc, vec: vec, flushAt: flushAt, buf: make([]byte, 0, flushAt)}
+	o := &outBuf{nc: nc, vec: vec, flushAt: flushAt, buf: make([]byte, 0, flushAt)}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			o.rc = rc
+		}
+	}
+	return o
 }
 
 // Write adds encoded frame bytes; it is how the framer writes.
 func (o *outBuf) Write(p []byte) (int, error) {
-	if len(o.buf) > 0 && len(o.buf)+len(p) > o.flushAt {
+	if !o.copyAll && len(o.buf) > 0 && len(o.buf)+len(p) > o.flushAt {
 		if err := o.Flush(); err != nil {
 			return 0, err
 		}
@@ -56,7 +71,7 @@ func (o *outBuf) Write(p []byte) (int, error) {
 // payload adds a DATA payload, which must stay untouched until Flush
 // returns.
 func (o *outBuf) payload(p []byte) error {
-	if !o.vec || len(p) < refMin {
+	if !o.vec || o.copyAll || len(p) < refMin {
 		_, err := o.Write(p)
 		return err
 	}
@@ -100,4 +115,38 @@ func (o *outBuf) discard() {
 		// A burst of small frames grew it; do not keep that for good.
 		o.buf = make([]byte, 0, o.flushAt)
 	}
+}
+
+// pending reports bytes added and not yet written.
+func (o *outBuf) pending() bool { return len(o.buf) > 0 || len(o.bufs) > 0 }
+
+// tryWrite writes what the socket takes at once, with one write(2) that
+// never waits, and keeps the rest for Flush. Every payload must have been
+// copied (copyAll).
+func (o *outBuf) tryWrite() error {
+	if o.rc == nil || len(o.bufs) > 0 {
+		return o.Flush()
+	}
+	var n int
+	var werr error
+	err := o.rc.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), o.buf)
+		// Done whatever happened: what is left goes to the writer, which
+		// may wait for the socket.
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if werr != nil && !errors.Is(werr, syscall.EAGAIN) && !errors.Is(werr, syscall.EINTR) {
+		return werr
+	}
+	n = max(n, 0)
+	if n == len(o.buf) {
+		o.discard()
+		return nil
+	}
+	left := copy(o.buf, o.buf[n:])
+	o.buf, o.seg = o.buf[:left], 0
+	return nil
 }

@@ -82,6 +82,16 @@ func (s *Stream) Accept(h Handler) { s.h = h }
 // assigned when they are written, in order, under the peer's limit on
 // concurrent streams.
 func (c *Conn) OpenStream(fields []hpack.HeaderField, endStream bool, h Handler) (*Stream, error) {
+	s, err := c.QueueStream(fields, endStream, h)
+	if err == nil {
+		c.kick()
+	}
+	return s, err
+}
+
+// QueueStream is OpenStream without waking the writer: the caller flushes
+// (ThenFlush, Conn.Flush).
+func (c *Conn) QueueStream(fields []hpack.HeaderField, endStream bool, h Handler) (*Stream, error) {
 	c.mu.Lock()
 	if c.closed || c.goAwayRecv || c.goAwaySent {
 		c.mu.Unlock()
@@ -94,31 +104,48 @@ func (c *Conn) OpenStream(fields []hpack.HeaderField, endStream bool, h Handler)
 	c.pending = append(c.pending, s)
 	c.active++
 	c.mu.Unlock()
-	c.kick()
 	return s, nil
 }
 
 // WriteHeaders queues a header block: response headers, or trailers with
 // endStream. The fields are the connection's until written.
 func (s *Stream) WriteHeaders(fields []hpack.HeaderField, endStream bool) {
+	if s.QueueHeaders(fields, endStream) {
+		s.c.kick()
+	}
+}
+
+// QueueHeaders is WriteHeaders without waking the writer: the caller
+// flushes (ThenFlush, Conn.Flush). It reports whether anything was queued.
+func (s *Stream) QueueHeaders(fields []hpack.HeaderField, endStream bool) bool {
 	c := s.c
 	c.mu.Lock()
 	if s.closed || s.localDone {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	s.answered = true
 	s.out = append(s.out, outItem{kind: outHeaders, fields: fields, end: endStream})
 	s.localDone = endStream
 	c.readyLocked(s)
 	c.mu.Unlock()
-	c.kick()
+	return true
 }
 
 // WriteData queues ch's bytes, sent as the peer's windows allow; the
 // handler's Sent reports each part written, and ch is released once
 // written. It reports false, having released ch, when the stream is gone.
 func (s *Stream) WriteData(ch Chunk, endStream bool) bool {
+	if !s.QueueData(ch, endStream) {
+		return false
+	}
+	s.c.kick()
+	return true
+}
+
+// QueueData is WriteData without waking the writer: the caller flushes
+// (ThenFlush, Conn.Flush).
+func (s *Stream) QueueData(ch Chunk, endStream bool) bool {
 	c := s.c
 	c.mu.Lock()
 	if s.closed || s.localDone {
@@ -130,8 +157,22 @@ func (s *Stream) WriteData(ch Chunk, endStream bool) bool {
 	s.localDone = endStream
 	c.readyLocked(s)
 	c.mu.Unlock()
-	c.kick()
 	return true
+}
+
+// ThenFlush has w's connection flushed (Conn.Flush) once s's reader has
+// read every frame that arrived with the one it is handling: frames
+// relayed from one read leave in one write, on the reader's goroutine.
+// Only s's Headers and Data handlers may call it: it belongs to the
+// reader goroutine of s's connection.
+func (s *Stream) ThenFlush(w *Stream) {
+	c := s.c
+	for _, x := range c.flushes {
+		if x == w.c {
+			return
+		}
+	}
+	c.flushes = append(c.flushes, w.c)
 }
 
 // Reset ends the stream with RST_STREAM code; its handler hears nothing
