@@ -152,7 +152,11 @@ func (r Retry) Validate() error {
 	case r.PerTryTimeout < 0:
 		return fmt.Errorf("per_try_timeout: must not be negative, got %s", r.PerTryTimeout)
 	case r.BufferBytes < 0:
-		return fmt.Errorf("buffer_bytes: must not be negative, got %d", r.BufferBytes)
+		return fmt.Errorf("buffer_bytes: must be a size of 0 or more bytes (65536, 64KiB, 1MiB)")
+	case r.Backoff.invalid != "":
+		return fmt.Errorf("backoff: %s", r.Backoff.invalid)
+	case r.Backoff != (Backoff{}) && (r.Backoff.Base <= 0 || r.Backoff.Max < r.Backoff.Base):
+		return fmt.Errorf("backoff: base must be positive and max at least base, got %s..%s", r.Backoff.Base, r.Backoff.Max)
 	case r.BufferBytes > 16<<20:
 		return fmt.Errorf("buffer_bytes: at most 16MiB, got %d", r.BufferBytes)
 	case r.Budget.Ratio != nil && (*r.Budget.Ratio < 0 || *r.Budget.Ratio > 10 || *r.Budget.Ratio != *r.Budget.Ratio):
@@ -166,6 +170,9 @@ func (r Retry) Validate() error {
 // Backoff is a range of retry waits, written base..max ("25ms..250ms").
 type Backoff struct {
 	Base, Max time.Duration
+	// invalid is why the text it was read from is not a range: kept for
+	// Validate, which names the field, where yaml would not.
+	invalid string
 }
 
 // ParseBackoff reads "base..max": two positive durations, base ≤ max.
@@ -191,11 +198,13 @@ func ParseBackoff(s string) (Backoff, error) {
 	return Backoff{Base: base, Max: mx}, nil
 }
 
-// UnmarshalText reads the YAML value.
+// UnmarshalText reads the YAML value. Text that is not a range is kept
+// as such for Validate to report, with the field's path.
 func (b *Backoff) UnmarshalText(text []byte) error {
 	v, err := ParseBackoff(string(text))
 	if err != nil {
-		return err
+		*b = Backoff{invalid: err.Error()}
+		return nil
 	}
 	*b = v
 	return nil
@@ -247,11 +256,12 @@ func ParseBytes(s string) (Bytes, error) {
 	return Bytes(n * unit), nil
 }
 
-// UnmarshalText reads the YAML value.
+// UnmarshalText reads the YAML value. Text that is not a size reads as
+// -1, for Validate to report with the field's path, where yaml would not.
 func (b *Bytes) UnmarshalText(text []byte) error {
 	v, err := ParseBytes(string(text))
 	if err != nil {
-		return err
+		v = -1
 	}
 	*b = v
 	return nil
