@@ -223,6 +223,13 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 					release()
 					return finish(clientError(ctx, arrived, ctx.Err()))
 				}
+				if !pump.fits(rc.buffer()) {
+					// The request outgrew the buffer during the wait: the
+					// client gets the answer that was to be retried.
+					ss.SetTrailer(cs.Trailer())
+					release()
+					return finish(clientError(ctx, arrived, herr))
+				}
 				continue
 			}
 			err = herr
