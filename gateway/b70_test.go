@@ -466,3 +466,72 @@ func TestB70_RetryStormStaysWithinBudget(t *testing.T) {
 		waitRouteMetric(t, h, "healthgate_route_retry_budget_exhausted_total", 1, func(v float64) bool { return v > 0 })
 	})
 }
+
+// TestB70_BackoffWaitEndsWithTheCall: during a retry's wait the call is
+// still the client's: a request that outgrows buffer_bytes meanwhile ends
+// it with the answer being retried, and a cancel ends it at once; the other
+// backend sees neither.
+func TestB70_BackoffWaitEndsWithTheCall(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		bad, good := testutil.StartBackend(t), testutil.StartBackend(t)
+		bad.FailWith.Store(int32(codes.Unavailable))
+		tr := metadata.Pairs("grpc-retry-pushback-ms", "1000")
+		bad.FailTrailer.Store(&tr)
+		r := fastRetry()
+		r.BufferBytes = 1024
+		h := e.start(t, retryConfig(r, bad.Addr, good.Addr))
+		h.routable(t, testutil.TestService, 2)
+		cc := testutil.Dial(t, h.addr)
+		for _, cancelIt := range []bool{false, true} {
+			for i, hit := 0, false; !hit; i++ {
+				if i == 50 {
+					t.Fatalf("cancel %v: 50 calls and not one went to the failing backend", cancelIt)
+				}
+				ctx, cancel := context.WithCancel(ctxT(t))
+				cs, err := testutil.RawStream(ctx, cc, "/test.Svc/Collect")
+				if err != nil {
+					t.Fatal(err)
+				}
+				first := []byte("first")
+				if err := cs.SendMsg(&first); err != nil {
+					t.Fatal(err)
+				}
+				var started bool
+				select {
+				case <-bad.Started():
+					started = true
+				case <-good.Started():
+				case <-time.After(5 * time.Second):
+					t.Fatal("no backend started the call within 5s")
+				}
+				if started {
+					hit = true
+					if cancelIt {
+						cancel()
+					} else {
+						big := bytes.Repeat([]byte("z"), 3000)
+						_ = cs.SendMsg(&big)
+					}
+				}
+				cs.CloseSend()
+				start := time.Now()
+				var got []byte
+				err = cs.RecvMsg(&got)
+				took := time.Since(start)
+				cancel()
+				goodN := len(testCalls(good))
+				testCalls(bad)
+				switch {
+				case !started:
+					if err != nil || goodN != 1 {
+						t.Fatalf("a call answered by the good backend alone: %v", err)
+					}
+				case cancelIt && (status.Code(err) != codes.Canceled || took > 500*time.Millisecond || goodN != 0):
+					t.Fatalf("cancelled during the wait: %v after %v, good backend saw %d; want CANCELED at once", err, took, goodN)
+				case !cancelIt && (status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "testutil backend: failing on purpose" || goodN != 0):
+					t.Fatalf("request outgrew the buffer: %v, good backend saw %d; want the failing backend's answer", err, goodN)
+				}
+			}
+		}
+	})
+}
