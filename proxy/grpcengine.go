@@ -134,7 +134,6 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 			cancelTry()
 		}
 	}()
-	deadline, _ := ctx.Deadline()
 	for {
 		var err error
 		up, err = rc.pick(rt.Backends, tried)
@@ -206,7 +205,7 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 				if errors.Is(herr, io.EOF) {
 					break
 				}
-				wait, o, ok := retryAfter(&rc, cs, herr, pump, info.Attempts, deadline)
+				wait, o, ok := retryAfter(ctx, &rc, cs, herr, pump, info.Attempts)
 				info.RetryBudgetExhausted = rc.exhausted
 				if !ok {
 					if status.Code(herr) == codes.DeadlineExceeded && expired != nil && expired() {
@@ -263,7 +262,7 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 // header with herr (a status the backend sent, a transport failure or the
 // per-try timeout) is retried, after how long, and what the attempt's
 // outcome on its backend was.
-func retryAfter(rc *retryCall, cs grpc.ClientStream, herr error, pump *requests, attempts int, deadline time.Time) (time.Duration, Outcome, bool) {
+func retryAfter(ctx context.Context, rc *retryCall, cs grpc.ClientStream, herr error, pump *requests, attempts int) (time.Duration, Outcome, bool) {
 	o := Outcome{Code: status.Code(herr), Origin: FromBackend}
 	switch {
 	case o.Code == codes.DeadlineExceeded:
@@ -280,6 +279,7 @@ func retryAfter(rc *retryCall, cs grpc.ClientStream, herr error, pump *requests,
 	if v := cs.Trailer()[pushbackKey]; len(v) > 0 {
 		e.pushback, e.hasPushback = v[0], true
 	}
+	deadline, _ := ctx.Deadline()
 	wait, ok := rc.next(e, time.Now(), deadline)
 	return wait, o, ok
 }
