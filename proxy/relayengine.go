@@ -1138,11 +1138,11 @@ func (c *relayCall) retryNow() {
 func (c *relayCall) giveUpLocked() {
 	c.waiting = false
 	c.retryTimer.Stop()
-	if c.held != nil {
+	if held := c.held; held != nil {
 		c.answered = true
 		// The call is recorded before the client can see its end.
 		c.finishLocked(c.heldCode, "", FromBackend)
-		c.client.WriteHeaders(c.held, true)
+		c.client.WriteHeaders(held, true)
 		return
 	}
 	c.failLocked(c.heldCode, c.heldMsg, nil, Local)
