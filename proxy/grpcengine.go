@@ -269,7 +269,7 @@ func retryAfter(ctx context.Context, rc *retryCall, cs grpc.ClientStream, herr e
 		// Only the per-try timeout: the call's own deadline ended the
 		// loop before.
 		o.Origin = Local
-	case transportFailure(herr):
+	case transportFailure(herr), notAccepted(herr):
 		o.Code, o.Origin = codes.Unavailable, Local
 	}
 	if !rc.on() {
