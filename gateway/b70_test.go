@@ -541,3 +541,39 @@ func TestB70_BackoffWaitEndsWithTheCall(t *testing.T) {
 		}
 	})
 }
+
+// TestB70_RetryPolicyReloads: a route's retry policy changes with a reload,
+// for the calls that start after it.
+func TestB70_RetryPolicyReloads(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		bad, good := testutil.StartBackend(t), testutil.StartBackend(t)
+		bad.FailWith.Store(int32(codes.Unavailable))
+		cfg := e.config(retryConfig(proxycfg.Retry{}, bad.Addr, good.Addr))
+		h := e.start(t, cfg)
+		h.routable(t, testutil.TestService, 2)
+		cc := testutil.Dial(t, h.addr)
+		calls := func() (failed int) {
+			for range 10 {
+				if _, err := testutil.Unary(ctxT(t), cc, "/test.Svc/Echo", []byte("x")); err != nil {
+					failed++
+				}
+			}
+			return failed
+		}
+		if n := calls(); n == 0 {
+			t.Fatal("without retries, no call failed on the failing backend")
+		}
+		if _, err := h.g.Reload(e.config(retryConfig(fastRetry(), bad.Addr, good.Addr))); err != nil {
+			t.Fatal(err)
+		}
+		if n := calls(); n != 0 {
+			t.Fatalf("with retries reloaded, %d of 10 calls failed", n)
+		}
+		if _, err := h.g.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if n := calls(); n == 0 {
+			t.Fatal("with retries reloaded away, no call failed")
+		}
+	})
+}
