@@ -158,8 +158,10 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 			}
 			attemptCtx, cancelTry = attemptContext(outCtx)
 		}
-		// An attempt given up on needs no cancelling: its stream was
-		// never opened, or has already ended with the refusal.
+		// A refused attempt needs no cancelling: its stream was never
+		// opened, or has already ended with the refusal. One that may be
+		// retried has a context of its own, which its per-try timeout
+		// or the next attempt cancels.
 		cs, err = gu.NewStream(attemptCtx, &streamDesc, method, opts...)
 		if err == nil {
 			if pump == nil {
