@@ -52,6 +52,13 @@ type Metrics struct {
 	consulOK     prometheus.Gauge
 	reqBytes     prometheus.Counter
 	respBytes    prometheus.Counter
+	attempts     *prometheus.CounterVec
+	retries      *prometheus.CounterVec
+	exhausted    *prometheus.CounterVec
+	// routes are the retry series of each route, by route name, made on
+	// its first call; as bounded as the routes are.
+	routes  sync.Map // route name -> *routeSeries
+	nRoutes atomic.Int64
 
 	// methods caches the label children of each (service, method) seen,
 	// so that a call costs a map load and atomic adds.
@@ -144,6 +151,18 @@ func New(accessLog *slog.Logger) *Metrics {
 			Name: "healthgate_consul_last_success_timestamp_seconds",
 			Help: "Unix time of the last successful Consul query; time() minus this is the sync age.",
 		}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_route_attempts_total",
+			Help: "Backend attempts of the route's calls: one per call, and one more per retry or per backend that did not accept the call.",
+		}, []string{"route"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_route_retries_total",
+			Help: "Retries of the route's calls after a backend answered with a status its retry policy lists (or failed before answering).",
+		}, []string{"route"}),
+		exhausted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "healthgate_route_retry_budget_exhausted_total",
+			Help: "Retries the route's retry budget refused: the call ended with its backend's answer instead.",
+		}, []string{"route"}),
 		access: accessLog,
 	}
 	m.reqBytes = m.payload.WithLabelValues("request")
@@ -155,7 +174,7 @@ func New(accessLog *slog.Logger) *Metrics {
 		s.handling = m.handling.WithLabelValues(s.service, s.method)
 	}
 	r.MustRegister(m.handled, m.handling, m.inFlight, m.payload, m.transitions, m.watchStarts,
-		m.rebuilds, m.refused, m.ejections, m.consulTook, m.consulErrors, m.consulOK,
+		m.rebuilds, m.refused, m.ejections, m.consulTook, m.consulErrors, m.consulOK, m.attempts, m.retries, m.exhausted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -222,17 +241,64 @@ func (m *Metrics) CallFinished(c proxy.CallInfo) {
 	if c.ResponseBytes > 0 {
 		m.respBytes.Add(float64(c.ResponseBytes))
 	}
+	if c.Route != "" && c.Attempts > 0 {
+		r := m.route(c.Route)
+		r.attempts.Add(float64(c.Attempts))
+		if c.Retries > 0 {
+			r.retries.Add(float64(c.Retries))
+		}
+		if c.RetryBudgetExhausted {
+			r.exhausted.Inc()
+		}
+	}
 	if m.access != nil {
 		attrs := []any{"method", c.FullMethod, "backend", c.Upstream, "code", c.Code.String(),
 			"duration", c.Duration, "request_bytes", c.RequestBytes, "response_bytes", c.ResponseBytes}
 		if c.Attempts > 1 {
 			attrs = append(attrs, "attempts", c.Attempts)
 		}
+		if c.Retries > 0 {
+			attrs = append(attrs, "retries", c.Retries)
+		}
+		if c.RetryBudgetExhausted {
+			attrs = append(attrs, "retry_budget_exhausted", true)
+		}
 		if c.ClientIdentity != "" {
 			attrs = append(attrs, "client", c.ClientIdentity)
 		}
 		m.access.Info("rpc", attrs...)
 	}
+}
+
+// routeSeries are one route's retry series.
+type routeSeries struct {
+	attempts, retries, exhausted prometheus.Counter
+}
+
+// route is the series of route name, made on its first call. Route names
+// come from the config and from Consul markers, whose services are
+// gRPC service names: bounded like the methods, past MaxMethods routes
+// the rest share "other".
+func (m *Metrics) route(name string) *routeSeries {
+	if r, ok := m.routes.Load(name); ok {
+		return r.(*routeSeries)
+	}
+	if m.nRoutes.Load() >= MaxMethods || !labelSafe(name) {
+		name = "other"
+		if r, ok := m.routes.Load(name); ok {
+			return r.(*routeSeries)
+		}
+	}
+	r := &routeSeries{
+		attempts:  m.attempts.WithLabelValues(name),
+		retries:   m.retries.WithLabelValues(name),
+		exhausted: m.exhausted.WithLabelValues(name),
+	}
+	if prev, loaded := m.routes.LoadOrStore(name, r); loaded {
+		return prev.(*routeSeries)
+	}
+	m.nRoutes.Add(1)
+	return r
 }
 
 // HealthChanged implements healthcheck.Events.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -110,17 +112,31 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		md    metadata.MD
 		herr  error
 		// pump reads the client's messages; it outlives an attempt that the
-		// backend did not accept, and replays what it kept to the next.
+		// backend did not accept or that is retried, and replays what it
+		// kept to the next.
 		pump *requests
+		// cancelTry ends the latest attempt's stream, when the call may be
+		// retried: one given up on, or past its per-try timeout.
+		cancelTry context.CancelFunc
 	)
 	release := func() {
 		if pump != nil {
 			pump.release()
 		}
 	}
+	rc := p.retryFor(&rt, arrived)
+	keep := p.cfg.ReplayBufferBytes
+	if rc.on() {
+		keep = max(keep, rc.buffer())
+	}
+	defer func() {
+		if cancelTry != nil {
+			cancelTry()
+		}
+	}()
 	for {
 		var err error
-		up, err = rt.Backends.Pick(tried)
+		up, err = rc.pick(rt.Backends, tried)
 		if err != nil {
 			st := pickStatus(err)
 			info.Routed = st.Code() != codes.Unimplemented
@@ -135,15 +151,29 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 			release()
 			return finish(status.Errorf(codes.Internal, "healthgate: upstream %s cannot carry grpc streams", up.Addr()))
 		}
-		// An attempt given up on needs no cancelling: its stream was
-		// never opened, or has already ended with the refusal.
-		cs, err = gu.NewStream(outCtx, &streamDesc, method, opts...)
+		attemptCtx := outCtx
+		if rc.on() {
+			if cancelTry != nil {
+				cancelTry()
+			}
+			attemptCtx, cancelTry = attemptContext(outCtx)
+		}
+		// A refused attempt needs no cancelling: its stream was never
+		// opened, or has already ended with the refusal. One that may be
+		// retried has a context of its own, which its per-try timeout
+		// or the next attempt cancels.
+		cs, err = gu.NewStream(attemptCtx, &streamDesc, method, opts...)
 		if err == nil {
 			if pump == nil {
-				pump = newRequests(ss, cs, cancel, p.cfg.ReplayBufferBytes)
+				pump = newRequests(ss, cs, cancel, keep)
 				go pump.run()
-			} else {
-				pump.switchTo(cs)
+			} else if !pump.switchTo(cs) {
+				// The request grew past what is kept while the call waited
+				// for this attempt: it can no longer be sent whole.
+				cancelTry()
+				up.Done(Outcome{Code: codes.Canceled, Origin: FromClient})
+				release()
+				return finish(status.Errorf(codes.Unavailable, "healthgate: the call cannot be sent again: its request is larger than the %d bytes kept", keep))
 			}
 			// Headers go to the client as soon as the backend sends them,
 			// before any message and whatever follows. grpc-go's Header
@@ -153,14 +183,55 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 			// policy would not apply, or a stream that failed, whose error
 			// RecvMsg gives. A stream the backend never processed goes to
 			// another backend while what was sent is kept whole.
+			var expired func() bool
+			if d := rc.perTry(); d > 0 {
+				expired = afterTry(d, cancelTry)
+			}
 			md, _ = cs.Header()
 			herr = nil
 			if md == nil {
 				var f Frame
 				herr = cs.RecvMsg(&f)
 			}
-			if md != nil || ctx.Err() != nil || !notAccepted(herr) || !pump.replayable() || len(tried)+1 >= p.cfg.MaxAttempts {
+			if expired != nil && expired() {
+				// The per-try timeout cancelled the attempt, before its
+				// answer reached the client.
+				md, herr = nil, status.Errorf(codes.DeadlineExceeded, "healthgate: backend %s did not answer within the per-try timeout of %s", up.Addr(), rc.perTry())
+			}
+			if md != nil || ctx.Err() != nil {
 				break
+			}
+			if !notAccepted(herr) || !pump.replayable() || len(tried)+1 >= p.cfg.MaxAttempts {
+				// The backend answered without response headers, with a
+				// status or by failing: retried if the route says so.
+				if errors.Is(herr, io.EOF) {
+					break
+				}
+				wait, o, ok := retryAfter(ctx, &rc, cs, herr, pump, info.Attempts)
+				info.RetryBudgetExhausted = rc.exhausted
+				if !ok {
+					if status.Code(herr) == codes.DeadlineExceeded && expired != nil && expired() {
+						up.Done(o)
+						release()
+						return finish(herr)
+					}
+					break
+				}
+				up.Done(o)
+				tried = append(tried, up)
+				info.Retries++
+				if !sleep(ctx, wait) {
+					release()
+					return finish(clientError(ctx, arrived, ctx.Err()))
+				}
+				if !pump.fits(rc.buffer()) {
+					// The request outgrew the buffer during the wait: the
+					// client gets the answer that was to be retried.
+					ss.SetTrailer(cs.Trailer())
+					release()
+					return finish(clientError(ctx, arrived, herr))
+				}
+				continue
 			}
 			err = herr
 		}
@@ -187,6 +258,69 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	up.Done(o)
 	info.RequestBytes, info.ResponseBytes = pump.bytes.Load(), n.resp
 	return finish(err)
+}
+
+// retryAfter decides whether an attempt that ended before any response
+// header with herr (a status the backend sent, a transport failure or the
+// per-try timeout) is retried, after how long, and what the attempt's
+// outcome on its backend was.
+func retryAfter(ctx context.Context, rc *retryCall, cs grpc.ClientStream, herr error, pump *requests, attempts int) (time.Duration, Outcome, bool) {
+	o := Outcome{Code: status.Code(herr), Origin: FromBackend}
+	switch {
+	case o.Code == codes.DeadlineExceeded:
+		// Only the per-try timeout: the call's own deadline ended the
+		// loop before.
+		o.Origin = Local
+	case transportFailure(herr), notAccepted(herr):
+		o.Code, o.Origin = codes.Unavailable, Local
+	}
+	if !rc.on() {
+		return 0, o, false
+	}
+	e := attemptEnd{code: o.Code, kept: pump.fits(rc.buffer()), attempts: attempts}
+	if v := cs.Trailer()[pushbackKey]; len(v) > 0 {
+		e.pushback, e.hasPushback = v[0], true
+	}
+	deadline, _ := ctx.Deadline()
+	wait, ok := rc.next(e, time.Now(), deadline)
+	return wait, o, ok
+}
+
+// attemptContext is an attempt's own context, for a call that may be
+// retried: an attempt given up on is ended without ending the call. The
+// handler cancels the last one when it returns.
+func attemptContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithCancel(ctx)
+}
+
+// afterTry cancels an attempt after d, unless the returned function is
+// called first; that function reports whether the attempt was cancelled.
+func afterTry(d time.Duration, cancel context.CancelFunc) func() bool {
+	var fired atomic.Bool
+	t := time.AfterFunc(d, func() {
+		fired.Store(true)
+		cancel()
+	})
+	var once sync.Once
+	return func() bool {
+		once.Do(func() { t.Stop() })
+		return fired.Load()
+	}
+}
+
+// sleep waits d, or until ctx ends; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // mdHeaders are grpc metadata as a Picker reads them.

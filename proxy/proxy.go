@@ -95,8 +95,13 @@ type CallInfo struct {
 	// RequestBytes and ResponseBytes count message payloads as forwarded.
 	RequestBytes, ResponseBytes int64
 	// Attempts is how many backends the call was sent to: more than one
-	// when a backend did not accept it.
+	// when a backend did not accept it, or when it was retried.
 	Attempts int
+	// Retries counts the attempts after a backend's answer (the route's
+	// retry policy); RetryBudgetExhausted says the route's retry budget
+	// refused one.
+	Retries              int
+	RetryBudgetExhausted bool
 	// ClientIdentity is what the client's verified TLS certificate says it
 	// is (URI SAN, else DNS SAN, else common name); empty without one.
 	ClientIdentity string
@@ -203,6 +208,8 @@ type Proxy struct {
 	trusted []netip.Prefix
 	// identity: the observer reads the client's TLS identity.
 	identity bool
+	// retries are the routes' retry budgets.
+	retries *retries
 	// callOpts are the options of every backend call that keeps the default
 	// content subtype; built once because they are the same for all calls.
 	callOpts []grpc.CallOption
@@ -230,6 +237,7 @@ func New(cfg Config, picker Picker, logger *slog.Logger) (*Proxy, error) {
 		picker:  picker,
 		log:     logger.With("component", "proxy"),
 		codec:   newCodec(),
+		retries: newRetries(),
 	}
 	if o, ok := cfg.Observer.(identityObserver); ok {
 		p.identity = o.WantsClientIdentity()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
@@ -83,6 +84,71 @@ type relayCall struct {
 	reqPending int
 	// unrouted: no route covers the method.
 	unrouted bool
+
+	// rc is the call's retries; keep holds the request bytes sent so far
+	// while a retry may need them.
+	rc   retryCall
+	keep reqKeep
+	// waiting: a retry waits for retryTimer; the failed attempt's answer
+	// (held, heldCode, heldMsg) goes to the client should it not happen.
+	waiting    bool
+	retryTimer *time.Timer
+	held       []hpack.HeaderField
+	heldCode   codes.Code
+	heldMsg    string
+	// tryTimer is the per-try timeout of the attempt in progress.
+	tryTimer *time.Timer
+	// noCredit is what is left, at the head of a replay, of bytes whose
+	// credit the client already has: their Sent gives none back.
+	noCredit int
+}
+
+// reqKeep is a call's request DATA bytes sent so far, kept in pooled
+// buffers for a retry, up to a limit; past it nothing is kept any more.
+type reqKeep struct {
+	on     bool
+	n      int
+	chunks []*[]byte
+}
+
+// add keeps p, or stops keeping when p would take the bytes past limit.
+func (k *reqKeep) add(r *Relay, p []byte, limit int) {
+	if !k.on || len(p) == 0 {
+		return
+	}
+	if k.n+len(p) > limit {
+		k.release(r)
+		return
+	}
+	k.n += len(p)
+	for len(p) > 0 {
+		if len(k.chunks) == 0 || len(*k.chunks[len(k.chunks)-1]) == cap(*k.chunks[len(k.chunks)-1]) {
+			bp := r.kept.Get().(*[]byte)
+			*bp = (*bp)[:0]
+			k.chunks = append(k.chunks, bp)
+		}
+		last := k.chunks[len(k.chunks)-1]
+		n := min(len(p), cap(*last)-len(*last))
+		*last = append(*last, p[:n]...)
+		p = p[n:]
+	}
+}
+
+// release stops keeping and gives the buffers back.
+func (k *reqKeep) release(r *Relay) {
+	for _, bp := range k.chunks {
+		r.kept.Put(bp)
+	}
+	clear(k.chunks)
+	k.chunks, k.n, k.on = nil, 0, false
+}
+
+// replay writes what was kept to s, ending the request if end. The
+// writer gets copies: a later retry may need the bytes again.
+func (k *reqKeep) replay(s *h2.Stream, end bool) {
+	for i, bp := range k.chunks {
+		s.WriteData(h2.Bytes(bytes.Clone(*bp)), end && i == len(k.chunks)-1)
+	}
 }
 
 // msgLimit reads gRPC message prefixes (1 byte flag, 4 bytes length)
@@ -130,6 +196,8 @@ type Relay struct {
 	// pool holds the buffers client DATA is read into, shared by every
 	// client connection.
 	pool *h2.Pool
+	// kept holds the buffers of request bytes kept for retries.
+	kept sync.Pool
 
 	mu       sync.Mutex
 	conns    map[*h2.Conn]struct{}
@@ -159,6 +227,7 @@ func (p *Proxy) NewRelay(cfg RelayConfig) *Relay {
 		}
 	}
 	r.pool = h2.NewPool(h2.DefaultMaxFrameSize)
+	r.kept.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	return r
 }
 
@@ -433,6 +502,10 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 	if r.p.limitsDeadline(&call.route) {
 		timeout, hasTimeout, call.capped = r.p.callTimeout(&call.route, timeout, hasTimeout)
 	}
+	if call.local == nil {
+		call.rc = r.p.retryFor(&call.route, call.start)
+		call.keep.on = call.rc.on()
+	}
 	call.reqFields = r.outgoing(f, call, timeout, hasTimeout)
 	call.reqEnded = f.StreamEnded()
 	if hasTimeout {
@@ -504,7 +577,7 @@ func (c *relayCall) open(reader *h2.Stream) {
 		if c.local != nil {
 			up = c.local
 		} else {
-			up, err = c.route.Backends.Pick(c.tried)
+			up, err = c.rc.pick(c.route.Backends, c.tried)
 		}
 		if err != nil {
 			st := pickStatus(err)
@@ -525,15 +598,28 @@ func (c *relayCall) open(reader *h2.Stream) {
 				fields = slices.Clone(fields)
 			}
 			fields[3].Value = up.Addr()
+			if c.attempts > 1 && !c.deadline.IsZero() {
+				// A retry has less time left than the first attempt had.
+				if i := slices.IndexFunc(fields, func(hf hpack.HeaderField) bool { return hf.Name == "grpc-timeout" }); i >= 0 {
+					fields[i].Value = encodeTimeout(time.Until(c.deadline))
+				}
+			}
+			end := c.reqEnded && c.keep.n == 0
 			var bs *h2.Stream
 			var err error
 			if reader != nil {
-				bs, err = conn.QueueStream(fields, c.reqEnded, backendSide{c})
+				bs, err = conn.QueueStream(fields, end, backendSide{c})
 			} else {
-				bs, err = conn.OpenStream(fields, c.reqEnded, backendSide{c})
+				bs, err = conn.OpenStream(fields, end, backendSide{c})
 			}
 			if err == nil {
 				c.backend, c.up = bs, up
+				if c.keep.n > 0 {
+					c.keep.replay(bs, c.reqEnded)
+				}
+				if d := c.rc.perTry(); d > 0 {
+					c.tryTimer = time.AfterFunc(d, func() { c.tryExpired(bs) })
+				}
 				if reader != nil {
 					reader.ThenFlush(bs)
 				}
@@ -610,6 +696,17 @@ func (h clientSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 		return
 	}
 	c.reqBytes += int64(payload)
+	if c.waiting {
+		// Kept for the retry, and credited when the retry sends it.
+		c.reqEnded = c.reqEnded || end
+		c.keep.add(c.r, p, c.rc.buffer())
+		ch.Release()
+		c.reqPending += len(p)
+		if !c.keep.on {
+			c.giveUpLocked()
+		}
+		return
+	}
 	if c.backend == nil {
 		ch.Release()
 		s.Consumed(len(p))
@@ -619,6 +716,9 @@ func (h clientSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 		c.reqEnded = true
 	}
 	c.sentReq = c.sentReq || len(p) > 0
+	if c.keep.on {
+		c.keep.add(c.r, p, c.rc.buffer())
+	}
 	c.reqPending += len(p)
 	if c.backend.QueueData(ch, end) {
 		s.ThenFlush(c.backend)
@@ -671,6 +771,30 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 	}
 	fields := responseFields(f)
 	end := f.StreamEnded()
+	if !end || c.answered {
+		c.stopTryLocked()
+		c.keep.release(c.r)
+	}
+	if end && !c.answered && c.rc.on() {
+		// A trailers-only answer: nothing of it reached the client yet.
+		code := codes.Unknown
+		if v := fieldValue(f, "grpc-status"); v != "" {
+			if n, err := strconv.Atoi(v); err == nil {
+				code = codes.Code(n)
+			}
+		}
+		e := attemptEnd{code: code, kept: c.keep.on, attempts: c.attempts}
+		for _, hf := range f.Fields {
+			if hf.Name == pushbackKey {
+				e.pushback, e.hasPushback = hf.Value, true
+				break
+			}
+		}
+		if wait, ok := c.rc.next(e, time.Now(), c.deadline); ok {
+			c.retryLocked(wait, Outcome{Code: code, Origin: FromBackend}, fields, code, "")
+			return
+		}
+	}
 	if !end {
 		if c.client.QueueHeaders(fields, false) {
 			s.ThenFlush(c.client)
@@ -796,6 +920,16 @@ func (h backendSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
 			return
 		}
 	}
+	if !c.answered && c.up != nil && c.rc.on() {
+		// Reset, or the connection broke, before any response header:
+		// UNAVAILABLE, which the route may retry.
+		e := attemptEnd{code: codes.Unavailable, kept: c.keep.on, attempts: c.attempts}
+		if wait, ok := c.rc.next(e, time.Now(), c.deadline); ok {
+			msg := fmt.Sprintf("healthgate: backend %s reset the stream: %s", c.upAddr(), code)
+			c.retryLocked(wait, Outcome{Code: codes.Unavailable, Origin: Local}, nil, codes.Unavailable, msg)
+			return
+		}
+	}
 	if !c.answered && code == http2.ErrCodeRefusedStream {
 		// Refused before any answer: the client's gRPC library sends it
 		// again transparently.
@@ -821,9 +955,18 @@ func (h backendSide) Sent(s *h2.Stream, n int) {
 	c := h.c
 	c.mu.Lock()
 	if c.done || s != c.backend {
-		// finishLocked gave the credit back already.
+		// finishLocked, or the retry, gave the credit back already.
 		c.mu.Unlock()
 		return
+	}
+	if c.noCredit > 0 {
+		k := min(n, c.noCredit)
+		c.noCredit -= k
+		n -= k
+		if n == 0 {
+			c.mu.Unlock()
+			return
+		}
 	}
 	c.reqPending -= n
 	c.mu.Unlock()
@@ -944,6 +1087,12 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 	if c.idle != nil {
 		c.idle.stop()
 	}
+	c.stopTryLocked()
+	if c.retryTimer != nil {
+		c.retryTimer.Stop()
+	}
+	c.waiting, c.held = false, nil
+	c.keep.release(c.r)
 	if c.reqPending > 0 {
 		c.client.Consumed(c.reqPending)
 		c.reqPending = 0
@@ -955,12 +1104,91 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 		info := CallInfo{
 			FullMethod: c.method, Routed: !c.unrouted, Route: c.route.Name, Code: code, Duration: time.Since(c.start),
 			RequestBytes: c.reqBytes, ResponseBytes: c.respBytes, Attempts: c.attempts,
-			ClientIdentity: c.tlsID,
+			ClientIdentity: c.tlsID, Retries: c.rc.retried, RetryBudgetExhausted: c.rc.exhausted,
 		}
 		if c.up != nil {
 			info.Upstream = c.up.Addr()
+		} else if len(c.tried) > 0 {
+			info.Upstream = c.tried[len(c.tried)-1].Addr()
 		}
 		obs.CallFinished(info)
+	}
+}
+
+// retryLocked ends the attempt in progress, whose answer has not reached
+// the client, with outcome o on its backend, and sends the call to another
+// after wait, on a timer: the connections' goroutines never wait. held,
+// code and msg are the attempt's answer, which the client gets should the
+// retry not happen.
+func (c *relayCall) retryLocked(wait time.Duration, o Outcome, held []hpack.HeaderField, code codes.Code, msg string) {
+	c.stopTryLocked()
+	c.up.Done(o)
+	c.tried = append(c.tried, c.up)
+	old := c.backend
+	c.backend, c.up = nil, nil
+	// Ended by the backend, or failed: a reset frees what is left of it.
+	old.Reset(http2.ErrCodeCancel)
+	// The old stream will not report what it had not written: the client
+	// gets that credit now, and the replay sends the bytes again.
+	if c.reqPending > 0 {
+		c.client.Consumed(c.reqPending)
+		c.reqPending = 0
+	}
+	c.noCredit = c.keep.n
+	c.waiting, c.held, c.heldCode, c.heldMsg = true, held, code, msg
+	if c.retryTimer == nil {
+		c.retryTimer = time.AfterFunc(wait, c.retryNow)
+	} else {
+		c.retryTimer.Reset(wait)
+	}
+}
+
+// retryNow is the retry's timer: the call goes to the next backend.
+func (c *relayCall) retryNow() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done || !c.waiting {
+		return
+	}
+	c.waiting, c.held = false, nil
+	c.open(nil)
+}
+
+// giveUpLocked ends a call whose retry can no longer happen (its request
+// outgrew the buffer while it waited) with the answer being retried.
+func (c *relayCall) giveUpLocked() {
+	c.waiting = false
+	c.retryTimer.Stop()
+	if held := c.held; held != nil {
+		c.answered = true
+		// The call is recorded before the client can see its end.
+		c.finishLocked(c.heldCode, "", FromBackend)
+		c.client.WriteHeaders(held, true)
+		return
+	}
+	c.failLocked(c.heldCode, c.heldMsg, nil, Local)
+}
+
+// tryExpired is the per-try timer of the attempt on backend stream bs.
+func (c *relayCall) tryExpired(bs *h2.Stream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done || c.backend != bs || c.answered {
+		return
+	}
+	msg := fmt.Sprintf("healthgate: backend %s did not answer within the per-try timeout of %s", c.upAddr(), c.rc.perTry())
+	e := attemptEnd{code: codes.DeadlineExceeded, kept: c.keep.on, attempts: c.attempts}
+	if wait, ok := c.rc.next(e, time.Now(), c.deadline); ok {
+		c.retryLocked(wait, Outcome{Code: codes.DeadlineExceeded, Origin: Local}, nil, codes.DeadlineExceeded, msg)
+		return
+	}
+	c.failLocked(codes.DeadlineExceeded, msg, nil, Local)
+}
+
+func (c *relayCall) stopTryLocked() {
+	if c.tryTimer != nil {
+		c.tryTimer.Stop()
+		c.tryTimer = nil
 	}
 }
 

@@ -99,13 +99,25 @@ func (r *requests) replayable() bool {
 	return r.keeping
 }
 
+// fits reports whether everything sent so far was kept, within n bytes.
+func (r *requests) fits(n int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.keeping && r.keptBytes <= n
+}
+
 // switchTo sends what was kept to cs and makes it the stream messages go
 // to. The lock is held while replaying, so that no message overtakes the
 // replay; the kept bytes fit in a stream's first window, so the sends do not
-// wait for the backend.
-func (r *requests) switchTo(cs grpc.ClientStream) {
+// wait for the backend. It reports false, sending nothing, when what was
+// sent is no longer kept whole: the request grew past the limit since the
+// caller asked.
+func (r *requests) switchTo(cs grpc.ClientStream) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.keeping {
+		return false
+	}
 	for _, d := range r.kept {
 		// The stream frees what it sends; the kept reference stays ours.
 		d.Ref()
@@ -118,6 +130,7 @@ func (r *requests) switchTo(cs grpc.ClientStream) {
 		cs.CloseSend()
 	}
 	r.cur = cs
+	return true
 }
 
 // release stops keeping messages and frees those kept.

@@ -81,6 +81,7 @@ const TestService = "test.Svc"
 //   - .../Repeat receives one message and sends it x-repeat times;
 //   - .../Block waits for the call to be cancelled;
 //   - .../EndEarly receives one message and ends the call;
+//   - .../Sink receives every message and ends the call without one;
 //
 // and for any method: x-set-header and x-set-trailer ("key=value") are sent
 // back as header and trailer, x-header-first sends the header at once,
@@ -97,6 +98,16 @@ type Backend struct {
 	// with that status code at once, while its health stays as set: a
 	// backend that is up but failing.
 	FailWith atomic.Int32
+	// FailTrailer, when set, is the trailer of FailWith's status (a
+	// grpc-retry-pushback-ms, say).
+	FailTrailer atomic.Pointer[metadata.MD]
+	// FailAfterRequest makes FailWith fail a call only once the client
+	// has sent its whole request.
+	FailAfterRequest atomic.Bool
+	// Hold, when not 0, delays every call's handling by that many
+	// nanoseconds (or until the call ends): a backend that is slow to
+	// answer.
+	Hold atomic.Int64
 }
 
 // StartBackend starts a backend on a free loopback port and stops it at the
@@ -182,7 +193,28 @@ func (b *Backend) handle(_ any, ss grpc.ServerStream) error {
 		call.Err = ctx.Err()
 		b.calls <- call
 	}()
+	if d := time.Duration(b.Hold.Load()); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return status.FromContextError(ctx.Err()).Err()
+		case <-t.C:
+		}
+	}
 	if c := b.FailWith.Load(); c != 0 {
+		if b.FailAfterRequest.Load() {
+			for {
+				var m []byte
+				if err := ss.RecvMsg(&m); err != nil {
+					break
+				}
+				call.Messages = append(call.Messages, m)
+			}
+		}
+		if tr := b.FailTrailer.Load(); tr != nil {
+			ss.SetTrailer(*tr)
+		}
 		return status.Error(codes.Code(c), "testutil backend: failing on purpose")
 	}
 
@@ -256,6 +288,16 @@ func (b *Backend) handle(_ any, ss grpc.ServerStream) error {
 	case "EndEarly":
 		if _, err := recv(); err != nil {
 			return err
+		}
+	case "Sink":
+		for {
+			_, err := recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return err
+			}
 		}
 	default:
 		return status.Errorf(codes.Unimplemented, "testutil backend: no method %s", method)

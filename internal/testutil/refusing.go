@@ -19,6 +19,9 @@ import (
 // a caller that never watches (proxy's fake pickers) sees only refusals.
 type RefusingBackend struct {
 	Addr string
+	// code is the reset's: REFUSED_STREAM unless StartResettingBackend
+	// said otherwise.
+	code http2.ErrCode
 
 	mu      sync.Mutex // guards the field below
 	refused int
@@ -28,11 +31,19 @@ type RefusingBackend struct {
 // stops it, its connections included, at the end of the test.
 func StartRefusingBackend(t testing.TB) *RefusingBackend {
 	t.Helper()
+	return StartResettingBackend(t, http2.ErrCodeRefusedStream)
+}
+
+// StartResettingBackend is StartRefusingBackend resetting with code: with a
+// code other than REFUSED_STREAM, a backend that read the whole call and
+// failed it without an answer. Refused counts those resets.
+func StartResettingBackend(t testing.TB, code http2.ErrCode) *RefusingBackend {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("refusing backend listen: %v", err)
 	}
-	r := &RefusingBackend{Addr: lis.Addr().String()}
+	r := &RefusingBackend{Addr: lis.Addr().String(), code: code}
 	var (
 		wg      sync.WaitGroup
 		connsMu sync.Mutex // guards conns
@@ -126,5 +137,5 @@ func (r *RefusingBackend) refuse(fr *http2.Framer, id uint32) {
 	r.mu.Lock()
 	r.refused++
 	r.mu.Unlock()
-	fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
+	fr.WriteRSTStream(id, r.code)
 }

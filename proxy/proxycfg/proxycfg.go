@@ -61,6 +61,9 @@ type RoutePolicy struct {
 	// which that code says and UNAVAILABLE (retry, it is safe) would
 	// deny. Zero means no idle limit.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// Retry says which failed calls the gateway sends to another backend;
+	// the zero value retries none.
+	Retry Retry `yaml:"retry"`
 }
 
 // Validate reports the first field that cannot be used, by its YAML key.
@@ -75,6 +78,9 @@ func (r RoutePolicy) Validate() error {
 	}
 	if r.MaxTimeout > 0 && r.Timeout > r.MaxTimeout {
 		return fmt.Errorf("timeout: %s is longer than max_timeout %s, which caps it", r.Timeout, r.MaxTimeout)
+	}
+	if err := r.Retry.Validate(); err != nil {
+		return fmt.Errorf("retry.%w", err)
 	}
 	return nil
 }
