@@ -163,7 +163,7 @@ type Conn struct {
 	// flushes are connections to Flush once the reader has read what it
 	// has (Stream.ThenFlush); the reader goroutine's alone.
 	flushes []*Conn
-	done chan struct{} // closed when the connection is closed
+	done    chan struct{} // closed when the connection is closed
 
 	mu sync.Mutex // guards the fields below
 	// streams are the open streams by ID; a Client's streams get their ID
