@@ -1003,7 +1003,11 @@ func (c *Conn) closeWith(err error) {
 		streams = append(streams, s)
 	}
 	streams = append(streams, c.pending...)
-	for _, s := range streams {
+	// The handlers are read under the lock: a stream's may be set by
+	// Accept on the reader goroutine while this runs on another.
+	handlers := make([]Handler, len(streams))
+	for i, s := range streams {
+		handlers[i] = s.h
 		c.closeStreamLocked(s)
 	}
 	c.pending = nil
@@ -1016,9 +1020,9 @@ func (c *Conn) closeWith(err error) {
 		// that does not read gets a second.
 		_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	}
-	for _, s := range streams {
-		if s.h != nil {
-			s.h.Reset(s, http2.ErrCodeCancel, err)
+	for i, s := range streams {
+		if h := handlers[i]; h != nil {
+			h.Reset(s, http2.ErrCodeCancel, err)
 		}
 	}
 	c.log.Debug("h2 connection closed", "remote", c.nc.RemoteAddr(), "err", err)

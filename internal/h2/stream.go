@@ -76,7 +76,12 @@ type outItem struct {
 func (s *Stream) lengthOK() bool { return s.contentLength < 0 || s.received == s.contentLength }
 
 // Accept sets a Server stream's handler; OnStream must call it (or Reset).
-func (s *Stream) Accept(h Handler) { s.h = h }
+func (s *Stream) Accept(h Handler) {
+	// Under the lock: a close on another goroutine reads it.
+	s.c.mu.Lock()
+	s.h = h
+	s.c.mu.Unlock()
+}
 
 // OpenStream queues a new stream with its request headers; its ID is
 // assigned when they are written, in order, under the peer's limit on
