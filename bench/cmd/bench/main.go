@@ -531,7 +531,7 @@ func (e *env) runWorkload(ctx context.Context, o options, w workload, rep *repor
 				res.Workload, res.Peer, res.Rep = w.name, name, i
 				emit(*res)
 				rep.runs[w.name][name] = append(rep.runs[w.name][name], *res)
-				fmt.Fprintf(os.Stderr, "[%4.0fs] %-13s %d/%d %-16s %s\n", time.Since(began).Seconds(), w.name, i, o.reps, name, progressLine(w, res))
+				fmt.Fprintf(os.Stderr, "[%4.0fs] %-13s %d/%d %-23s %s\n", time.Since(began).Seconds(), w.name, i, o.reps, name, progressLine(w, res))
 				if res.Undrained {
 					note(name, fmt.Sprintf("run %d: calls in flight at the window's end did not finish in the load generator's drain time and were cancelled", i))
 				}

@@ -25,21 +25,35 @@ import (
 
 // Peers in table order. direct is the client calling the backend itself: the
 // floor every proxy is compared with. The healthgate peers are one binary
-// and one config, differing only in proxy.engine.
-var allPeers = []string{"direct", "healthgate-relay", "healthgate-grpc", "grpc-proxy", "nginx", "haproxy"}
+// and one config, differing in proxy.engine and, for
+// healthgate-relay-policy, in the route's traffic policy.
+var allPeers = []string{"direct", "healthgate-relay", "healthgate-grpc", "healthgate-relay-policy", "grpc-proxy", "nginx", "haproxy"}
 
-// healthgatePeers maps each healthgate peer to its proxy.engine.
-var healthgatePeers = map[string]string{
-	"healthgate-relay": "relay",
-	"healthgate-grpc":  "grpc",
+// healthgatePeer is how one healthgate peer's config differs from the
+// others'.
+type healthgatePeer struct {
+	engine string // proxy.engine
+	// policy turns on every traffic policy of the route, set so that none
+	// ever acts on the bench's healthy traffic (see policyRoute).
+	policy bool
+}
+
+// healthgatePeers are the healthgate peers by name.
+var healthgatePeers = map[string]healthgatePeer{
+	"healthgate-relay":        {engine: "relay"},
+	"healthgate-grpc":         {engine: "grpc"},
+	"healthgate-relay-policy": {engine: "relay", policy: true},
 }
 
 // peerAliases are names -peers accepts for several peers at once.
+// healthgate stays the two engines as configured by default: the policy
+// peer answers a narrower question (what the policies cost the relay), and
+// is asked for by name or with the default peer list.
 var peerAliases = map[string][]string{
 	"healthgate": {"healthgate-relay", "healthgate-grpc"},
 }
 
-// isHealthgate tells whether peer is one of healthgate's engines.
+// isHealthgate tells whether peer runs healthgate.
 func isHealthgate(peer string) bool {
 	_, ok := healthgatePeers[peer]
 	return ok
@@ -62,7 +76,7 @@ const (
 type env struct {
 	sup     *supervisor
 	tmp     string
-	bins    map[string]string // backend, grpcproxy, loadgen, healthgate, healthgate-pprof: both healthgate peers run healthgate
+	bins    map[string]string // backend, grpcproxy, loadgen, healthgate, healthgate-pprof: every healthgate peer runs healthgate
 	tools   map[string]string // nginx, haproxy: absolute paths
 	missing map[string]string // peer -> why it cannot run at all
 	nginxV  [3]int
@@ -182,7 +196,7 @@ func (e *env) startPeer(ctx context.Context, name string, be *running, po peerOp
 	var argv []string
 	bin := name
 	switch name {
-	case "healthgate-relay", "healthgate-grpc":
+	case "healthgate-relay", "healthgate-grpc", "healthgate-relay-policy":
 		exe := e.bins["healthgate"]
 		if po.bin != "" {
 			exe = e.bins[po.bin]
@@ -232,12 +246,15 @@ func (e *env) startPeer(ctx context.Context, name string, be *running, po peerOp
 	return r, nil
 }
 
-// healthgateConfig routes to backend with the given forwarding engine
-// (proxy.engine); with certs, it terminates TLS 1.3 on listen.
-func healthgateConfig(listen, backend, engine string, certs *tlsfiles.Files) string {
-	var tlsSection string
+// healthgateConfig routes to backend as hp says; with certs, it
+// terminates TLS 1.3 on listen.
+func healthgateConfig(listen, backend string, hp healthgatePeer, certs *tlsfiles.Files) string {
+	var tlsSection, policy string
 	if certs != nil {
 		tlsSection = fmt.Sprintf("listen_tls: {cert_file: %q, key_file: %q, min_version: \"1.3\"}\n", certs.Cert, certs.Key)
+	}
+	if hp.policy {
+		policy = policyRoute
 	}
 	// Short drain: the runner stops healthgate between workloads.
 	return fmt.Sprintf(`listen: %s
@@ -245,11 +262,36 @@ func healthgateConfig(listen, backend, engine string, certs *tlsfiles.Files) str
   - service: bench.Echo
     backends: [%s]
     health_service: ""
-proxy: {engine: %s}
+%sproxy: {engine: %s}
 shutdown: {drain_delay: 1ms, grace: 1s}
 log: {level: warn}
-`, listen, tlsSection, backend, engine)
+`, listen, tlsSection, backend, policy, hp.engine)
 }
+
+// policyRoute turns on every traffic policy of issue 11 (retries,
+// timeouts, limits, rate; README, "Traffic policy"), each set so that the
+// bench's traffic, healthy and far below every limit, never triggers it
+// while every call still runs its code: the retry keeps the request until
+// the answer's headers and counts the call in the route's budget, timeout
+// gives every call a deadline (the load generator sends none) that
+// max_timeout then checks, idle_timeout records when each call last moved,
+// max_in_flight counts the backend's calls, and rate takes a token from the
+// route's bucket. The echo backend never answers UNAVAILABLE, 30 s is far
+// beyond any call, 100000 far beyond the 500 calls in flight at most, and
+// 10^7 calls a second far beyond what one core proxies. per_try_timeout,
+// match and split are not set: they are not among the policies the issue
+// prices.
+const policyRoute = `    retry:
+      codes: [UNAVAILABLE]
+      max_attempts: 3
+      budget: {ratio: 0.2, min_per_second: 10}
+      buffer_bytes: 64KiB
+    timeout: 30s
+    max_timeout: 60s
+    idle_timeout: 60s
+    max_in_flight: 100000
+    rate: {per_second: 10000000, burst: 10000000}
+`
 
 // nginxConfig proxies to backend; with certs, it terminates TLS on listen
 // with what the other peers negotiate (see tlsfiles.ClientConfig).

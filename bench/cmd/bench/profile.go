@@ -128,7 +128,7 @@ func (e *env) profileHealthgate(ctx context.Context, o options, peer, base strin
 		if err := errors.Join(lerr, pr.end(hg)); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "[profile] %-16s %s\n", peer, progressLine(w, r))
+		fmt.Fprintf(os.Stderr, "[profile] %-23s %s\n", peer, progressLine(w, r))
 		res.path = path
 		topPath := strings.TrimSuffix(path, ".pprof") + "-top.txt"
 		if err := e.sup.run(ctx, "go tool pprof", topPath, startOpts{}, "go", "tool", "pprof", "-top", "-nodecount=25", path); err != nil {

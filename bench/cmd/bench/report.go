@@ -277,6 +277,14 @@ func (r *report) renderHeadline(b *strings.Builder) {
 	lines := []line{
 		{"Proxy CPU-µs per RPC at c=50 (unary-c50)", proxyCPU("unary-c50")},
 		{"Proxy CPU per RPC at c=50 as a ratio to HAProxy's (unary-c50)", cpuRatio("unary-c50", "haproxy")},
+		// The policies' cost is a question about one peer: the ratio of
+		// any other peer to healthgate-relay says nothing about it.
+		{"Proxy CPU per RPC with every traffic policy on, as a ratio to healthgate-relay's (unary-c50)", func(p string) (string, bool) {
+			if p != policyPeer {
+				return "", false
+			}
+			return cpuRatio("unary-c50", targetPeer)(p)
+		}},
 		{"Proxy CPU-µs per RPC at c=50, terminating TLS (unary-c50-tls)", proxyCPU("unary-c50-tls")},
 		{"Proxy CPU per RPC terminating TLS as a ratio to nginx's (unary-c50-tls)", cpuRatio("unary-c50-tls", "nginx")},
 		{"Proxy CPU per RPC terminating TLS as a ratio to HAProxy's (unary-c50-tls)", cpuRatio("unary-c50-tls", "haproxy")},

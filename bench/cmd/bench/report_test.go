@@ -112,3 +112,38 @@ func TestNegotiatedTLSNamesPeersThatDiffer(t *testing.T) {
 		t.Errorf("negotiatedTLS = %q, want %q", got, want)
 	}
 }
+
+// The policies' cost is the policy peer's CPU over the relay's, shown in
+// the policy peer's column only, and only when both ran.
+func TestHeadlinePolicyCost(t *testing.T) {
+	w := workloadNamed(t, "unary-c50")
+	const line = "| Proxy CPU per RPC with every traffic policy on, as a ratio to healthgate-relay's (unary-c50) |"
+	rep := &report{
+		opts: options{mode: "full", reps: 3, peers: []string{"direct", "healthgate-relay", "healthgate-relay-policy", "haproxy"}, workloads: []workload{w}},
+		meta: map[string]any{},
+		runs: map[string]map[string][]result.Run{w.name: {
+			"direct": {targetRun(20000, 0, 100, 300, 0)},
+			// Medians of three: 20 µs and 21 µs, whatever the order.
+			"healthgate-relay":        {targetRun(10000, 0, 300, 900, 25), targetRun(10000, 0, 300, 900, 20), targetRun(10000, 0, 300, 900, 19)},
+			"healthgate-relay-policy": {targetRun(10000, 0, 300, 900, 21), targetRun(10000, 0, 300, 900, 30), targetRun(10000, 0, 300, 900, 18)},
+			"haproxy":                 {targetRun(15000, 0, 200, 600, 16)},
+		}},
+		notes: map[string]map[string][]string{},
+	}
+	out := rep.render()
+	if want := line + " — | 1.05× | — |\n"; !strings.Contains(out, want) {
+		t.Errorf("report lacks %q:\n%s", want, out)
+	}
+
+	// The relay failed every run: no ratio, so no line.
+	delete(rep.runs[w.name], "healthgate-relay")
+	if out := rep.render(); strings.Contains(out, line) {
+		t.Errorf("policies' cost without the relay's figures:\n%s", out)
+	}
+	// Without the policy peer neither.
+	rep.runs[w.name]["healthgate-relay"] = []result.Run{targetRun(10000, 0, 300, 900, 20)}
+	rep.opts.peers = []string{"direct", "healthgate-relay", "haproxy"}
+	if out := rep.render(); strings.Contains(out, line) {
+		t.Errorf("policies' cost without %s:\n%s", policyPeer, out)
+	}
+}

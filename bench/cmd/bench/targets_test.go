@@ -35,7 +35,7 @@ func TestTargets(t *testing.T) {
 	}
 	one := func(r result.Run) []result.Run { return []result.Run{r} }
 	rep := &report{
-		opts: options{mode: "quick", reps: 1, peers: []string{"direct", "healthgate-relay", "healthgate-grpc", "nginx", "haproxy"}, workloads: ws},
+		opts: options{mode: "quick", reps: 1, peers: []string{"direct", "healthgate-relay", "healthgate-grpc", "healthgate-relay-policy", "nginx", "haproxy"}, workloads: ws},
 		meta: map[string]any{},
 		runs: map[string]map[string][]result.Run{
 			// Added p50: relay +60 µs, nginx +80 µs: 0.75×, PASS.
@@ -46,12 +46,14 @@ func TestTargets(t *testing.T) {
 				"nginx":            one(targetRun(3500, 0, 180, 300, 20)),
 			},
 			// CPU: relay 22 µs, HAProxy 20 µs: 1.10×, MISS. p99: relay
-			// 1140 µs, direct 1000 µs: 1.14×, PASS (limit 1.15).
+			// 1140 µs, direct 1000 µs: 1.14×, PASS (limit 1.15). Policies:
+			// 23.1 µs against the relay's 22 µs: 1.05×, on the limit, PASS.
 			"unary-c50": {
-				"direct":           one(targetRun(20000, 0, 400, 1000, 0)),
-				"healthgate-relay": one(targetRun(18000, 0, 450, 1140, 22)),
-				"healthgate-grpc":  one(targetRun(12000, 0, 600, 2000, 40)),
-				"haproxy":          one(targetRun(17000, 0, 450, 1200, 20)),
+				"direct":                  one(targetRun(20000, 0, 400, 1000, 0)),
+				"healthgate-relay":        one(targetRun(18000, 0, 450, 1140, 22)),
+				"healthgate-grpc":         one(targetRun(12000, 0, 600, 2000, 40)),
+				"healthgate-relay-policy": one(targetRun(17500, 0, 460, 1150, 23.1)),
+				"haproxy":                 one(targetRun(17000, 0, 450, 1200, 20)),
 			},
 			// msg/s: 0.90× is on the limit: PASS.
 			"stream-c50": {
@@ -76,6 +78,7 @@ func TestTargets(t *testing.T) {
 		"bidi msg/s":                        {0.90, true},
 		"p99 at c=50":                       {1.14, true},
 		"1 MiB unary MB/s":                  {0.85, false},
+		"cost of the traffic policies (retries, timeouts, limits, rate) at c=50": {1.05, true},
 	}
 	if len(targets) != len(want) {
 		t.Fatalf("%d targets, want %d", len(targets), len(want))
@@ -86,7 +89,7 @@ func TestTargets(t *testing.T) {
 			t.Errorf("unexpected target %q", tg.title)
 			continue
 		}
-		got := tg.evaluate(func(p string) (agg, bool) { return rep.get(tg.workload, p) }, targetPeer)
+		got := tg.evaluate(func(p string) (agg, bool) { return rep.get(tg.workload, p) }, tg.subject())
 		if !got.ok || math.Abs(got.ratio-w.ratio) > 1e-9 || got.pass != w.pass {
 			t.Errorf("%s: ratio %v pass %v ok %v, want ratio %v pass %v", tg.title, got.ratio, got.pass, got.ok, w.ratio, w.pass)
 		}
@@ -101,7 +104,11 @@ func TestTargets(t *testing.T) {
 		"| bidi msg/s | stream-c50 | ≥ 0.90× direct | 0.90× (45000 vs 50000 msg/s) | PASS | — |",
 		"| p99 at c=50 | unary-c50 | ≤ 1.15× direct | 1.14× (1140 vs 1000 µs) | PASS | 2.00× (2000 vs 1000 µs) |",
 		"| 1 MiB unary MB/s | unary-1mib | ≥ 0.90× direct | 0.85× (850 vs 1000 MB/s) | MISS | — |",
-		"- 3 of 5 targets met.",
+		// The policy peer against the relay; healthgate-grpc has no policy
+		// twin, so no reference.
+		"| cost of the traffic policies (retries, timeouts, limits, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | 1.05× (23.1 vs 22.0 CPU-µs) | PASS | — |",
+		"- 4 of 6 targets met.",
+		"- cost of the traffic policies (retries, timeouts, limits, rate) at c=50: healthgate-relay-policy's value, in the healthgate-relay column, against healthgate-relay's.",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
@@ -132,6 +139,24 @@ func TestTargetsMissingAndNoisy(t *testing.T) {
 		"| p99 at c=50 | unary-c50 | ≤ 1.15× direct | 1.20× (1200 vs 1000 µs) | MISS |\n",
 		"- 0 of 1 targets met; not measured in this run (workload or peer missing): unary-c50, unary-c1, stream-c50, unary-1mib.",
 		"- NOISE under unary-c50: ",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+
+	if strings.Contains(out, "cost of the traffic policies") {
+		t.Errorf("policies' target without %s among the peers:\n%s", policyPeer, out)
+	}
+
+	// Asked for but missing, the policy peer's target is n/a, not absent:
+	// a policy config healthgate refuses must not pass unseen.
+	rep.opts.peers = []string{"direct", "healthgate-relay", "healthgate-relay-policy", "haproxy"}
+	rep.missing(w.name, policyPeer, "did not start: exited during start-up")
+	out = rep.render()
+	for _, want := range []string{
+		"| cost of the traffic policies (retries, timeouts, limits, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | — | n/a |\n",
+		"- 0 of 1 targets met;",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
@@ -173,10 +198,26 @@ func TestParsePeersAlias(t *testing.T) {
 	if want := "direct,healthgate-relay,healthgate-grpc,nginx"; strings.Join(got, ",") != want {
 		t.Errorf("parsePeers = %v, want %s", got, want)
 	}
+	// The policy peer is not in the healthgate alias, is named on its
+	// own, and comes after the engines.
+	got, err = parsePeers("-peers", "healthgate-relay-policy,healthgate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "healthgate-relay,healthgate-grpc,healthgate-relay-policy"; strings.Join(got, ",") != want {
+		t.Errorf("parsePeers = %v, want %s", got, want)
+	}
+	o, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "direct,healthgate-relay,healthgate-grpc,healthgate-relay-policy,grpc-proxy,nginx,haproxy"; strings.Join(o.peers, ",") != want {
+		t.Errorf("default peers %v, want %s", o.peers, want)
+	}
 	if _, err := parsePeers("-peers", "healthgate-x"); err == nil {
 		t.Error("unknown peer accepted")
 	}
-	o, err := parseFlags([]string{"-peers", "direct,healthgate", "-profile"})
+	o, err = parseFlags([]string{"-peers", "direct,healthgate", "-profile"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,5 +233,23 @@ func TestParsePeersAlias(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"-peers", "direct,nginx", "-profile-peers", "healthgate-relay"}); err == nil {
 		t.Error("-profile-peers accepted a peer not among -peers")
+	}
+}
+
+// The policy peer's config is the relay's with the policies added to its
+// route, and nothing else: the ratio of the two prices the policies alone.
+// (That healthgate accepts it is shown by the peer starting in a run: a
+// config it refuses makes the peer MISSING with healthgate's message.)
+func TestPolicyPeerConfig(t *testing.T) {
+	relay := healthgateConfig("127.0.0.1:1", "127.0.0.1:2", healthgatePeers[targetPeer], nil)
+	policy := healthgateConfig("127.0.0.1:1", "127.0.0.1:2", healthgatePeers[policyPeer], nil)
+	if got := strings.Replace(policy, policyRoute, "", 1); got != relay {
+		t.Errorf("without its policies the policy peer's config is\n%s\nwant the relay's\n%s", got, relay)
+	}
+	// Each policy of the issue is on, under the route (indented as its keys).
+	for _, key := range []string{"    retry:\n      codes: [UNAVAILABLE]\n", "    timeout: 30s\n", "    max_timeout: 60s\n", "    idle_timeout: 60s\n", "    max_in_flight: 100000\n", "    rate: {per_second: 10000000, burst: 10000000}\n"} {
+		if !strings.Contains(policy, "    health_service: \"\"\n"+policyRoute) || !strings.Contains(policyRoute, key) {
+			t.Errorf("policy peer's config lacks %q under its route:\n%s", key, policy)
+		}
 	}
 }
