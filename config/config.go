@@ -56,6 +56,20 @@ type Config struct {
 	Outlier healthcheckcfg.Outlier `yaml:"outlier_detection"`
 	// Shutdown tunes the drain on SIGTERM.
 	Shutdown Shutdown `yaml:"shutdown"`
+	// Reflection is the gateway's own gRPC server reflection, merged from
+	// its routes' backends.
+	Reflection Reflection `yaml:"reflection"`
+}
+
+// Reflection: the gateway serves grpc.reflection.v1 and v1alpha itself,
+// listing its routes and describing them with the descriptors their
+// backends' reflection serves, so that grpcurl works through it. It is on
+// by default; it tells any client that can reach the listener which
+// services are routed.
+type Reflection struct {
+	// Disabled turns it off: reflection calls are then routed like any
+	// other service's, to the route (if any) that covers them.
+	Disabled bool `yaml:"disabled"`
 }
 
 // Register is the gateway's own registration in Consul, with a Consul gRPC
