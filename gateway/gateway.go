@@ -30,6 +30,7 @@ import (
 	// uncompressed: compression is per hop.
 	_ "google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/healthgate/healthgate/admin"
 	"github.com/healthgate/healthgate/balancer"
@@ -147,7 +148,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	if !cfg.Reflection.Disabled {
 		g.reflection, err = reflectsvc.New(reflectsvc.Config{
 			Table: reflectionTable{&g.state},
-			Own:   []string{healthpb.Health_ServiceDesc.ServiceName},
+			Own:   []protoreflect.ServiceDescriptor{healthpb.File_grpc_health_v1_health_proto.Services().Get(0)},
 		}, logger)
 		if err != nil {
 			return nil, err

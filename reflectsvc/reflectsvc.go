@@ -38,7 +38,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 )
 
 // DefaultRoute names the route that takes the calls of services no other
@@ -75,9 +74,9 @@ type Backend struct {
 type Config struct {
 	Table Table
 	// Own are the services the gateway serves itself, beside reflection
-	// (grpc.health.v1.Health): listed, and described from the gateway's
-	// own descriptors.
-	Own []string
+	// (grpc.health.v1.Health): listed, and described from these
+	// descriptors.
+	Own []protoreflect.ServiceDescriptor
 	// Timeout is how long one backend is given to answer, for all it is
 	// asked at once; zero means DefaultTimeout. A request waits at most
 	// a few times this long.
@@ -158,12 +157,11 @@ func New(cfg Config, logger *slog.Logger) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: logger.With("component", "reflection"), own: map[string]bool{}, routes: map[string]*entry{}}
 	var files []*file
-	for _, name := range append(slices.Clone(cfg.Own), Services()...) {
-		s.own[name] = true
-		d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
-		if err != nil {
-			return nil, fmt.Errorf("reflectsvc: the gateway's own service %s: %w", name, err)
-		}
+	own := append(slices.Clone(cfg.Own),
+		v1pb.File_grpc_reflection_v1_reflection_proto.Services().Get(0),
+		v1alphapb.File_grpc_reflection_v1alpha_reflection_proto.Services().Get(0))
+	for _, d := range own {
+		s.own[string(d.FullName())] = true
 		fs, err := localFiles(d.ParentFile())
 		if err != nil {
 			return nil, err
