@@ -97,8 +97,11 @@ const (
 	// parallel bounds the routes (or backends) asked at once.
 	parallel = 8
 	// errorRetry is how long a backend that failed in a way that may pass
-	// (a deadline, a broken stream) is left before it is asked again.
+	// (a deadline, a broken stream) is left before it is asked again, and
+	// how long a name no backend knew is not asked for again.
 	errorRetry = 10 * time.Second
+	// maxMisses bounds the names remembered as unknown.
+	maxMisses = 1024
 )
 
 // Services are the names of the reflection services.
@@ -115,9 +118,16 @@ type Service struct {
 	// local are the descriptors of own.
 	local *fileSet
 
-	mu sync.Mutex // guards the field below
+	// asking lets one round of questions the cache could not answer go
+	// to the backends at a time.
+	asking chan struct{}
+
+	mu sync.Mutex // guards the fields below
 	// routes by name: every route of the table that was asked about.
 	routes map[string]*entry
+	// misses are the requests the backends were asked lately and could
+	// not answer, with when they may be asked again.
+	misses map[string]time.Time
 }
 
 // entry is one route's cache.
@@ -155,7 +165,10 @@ func New(cfg Config, logger *slog.Logger) (*Service, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, log: logger.With("component", "reflection"), own: map[string]bool{}, routes: map[string]*entry{}}
+	s := &Service{
+		cfg: cfg, log: logger.With("component", "reflection"), own: map[string]bool{},
+		asking: make(chan struct{}, 1), routes: map[string]*entry{}, misses: map[string]time.Time{},
+	}
 	var files []*file
 	own := append(slices.Clone(cfg.Own),
 		v1pb.File_grpc_reflection_v1_reflection_proto.Services().Get(0),
@@ -410,11 +423,66 @@ func (s *Service) find(ctx context.Context, routes []Route, preferred string, re
 		i, _ := slices.BinarySearchFunc(routes, preferred, func(r Route, n string) int { return strings.Compare(r.Name, n) })
 		asked = routes[i : i+1]
 	}
-	s.each(ctx, asked, func(r Route) { s.extend(ctx, r, req) })
-	if f, set := look(); f != nil {
-		return f, set, ""
+	if s.askBackends(ctx, asked, req) {
+		if f, set := look(); f != nil {
+			return f, set, ""
+		}
+		s.missed(req)
 	}
 	return nil, nil, s.why(routes, preferred)
+}
+
+// askBackends asks the routes' backends a request the cache could not
+// answer, unless they were asked it lately and had no answer (missed): a
+// client that asks for names that exist nowhere costs the backends one
+// round of questions per name and errorRetry, not one per request. One
+// round runs at a time. It reports whether it asked.
+func (s *Service) askBackends(ctx context.Context, routes []Route, req *v1pb.ServerReflectionRequest) bool {
+	s.mu.Lock()
+	until, missed := s.misses[missKey(req)]
+	s.mu.Unlock()
+	if missed && s.cfg.Now().Before(until) {
+		return false
+	}
+	select {
+	case s.asking <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	defer func() { <-s.asking }()
+	s.each(ctx, routes, func(r Route) { s.extend(ctx, r, req) })
+	return true
+}
+
+// missed remembers that the backends had no answer to req.
+func (s *Service) missed(req *v1pb.ServerReflectionRequest) {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.misses) >= maxMisses {
+		for k, until := range s.misses {
+			if !now.Before(until) {
+				delete(s.misses, k)
+			}
+		}
+		if len(s.misses) >= maxMisses {
+			clear(s.misses)
+		}
+	}
+	s.misses[missKey(req)] = now.Add(errorRetry)
+}
+
+// missKey names what a request asks for.
+func missKey(req *v1pb.ServerReflectionRequest) string {
+	switch m := req.GetMessageRequest().(type) {
+	case *v1pb.ServerReflectionRequest_FileByFilename:
+		return "file " + m.FileByFilename
+	case *v1pb.ServerReflectionRequest_FileContainingExtension:
+		return fmt.Sprintf("extension %s %d", m.FileContainingExtension.GetContainingType(), m.FileContainingExtension.GetExtensionNumber())
+	}
+	// A symbol, or the type of all_extension_numbers_of_type, which is
+	// looked up as one.
+	return "symbol " + req.GetFileContainingSymbol() + req.GetAllExtensionNumbersOfType()
 }
 
 // why a lookup found nothing, for the client.

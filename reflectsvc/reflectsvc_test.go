@@ -80,7 +80,9 @@ func (s services) GetServiceInfo() map[string]grpc.ServiceInfo {
 }
 
 // blocking is a reflection service that never answers.
-type blocking struct{ v1pb.UnimplementedServerReflectionServer }
+type blocking struct {
+	v1pb.UnimplementedServerReflectionServer
+}
 
 func (blocking) ServerReflectionInfo(st v1pb.ServerReflection_ServerReflectionInfoServer) error {
 	<-st.Context().Done()
@@ -135,7 +137,9 @@ func startBackend(t *testing.T, o backendOpts, files ...*descriptorpb.FileDescri
 	return b
 }
 
-func (b *backend) at(since time.Time) Backend { return Backend{Addr: b.addr, Since: since, Conn: b.conn} }
+func (b *backend) at(since time.Time) Backend {
+	return Backend{Addr: b.addr, Since: since, Conn: b.conn}
+}
 
 // table is a routing table a test sets.
 type table struct {
@@ -561,5 +565,25 @@ func TestBackendBoundedFiles(t *testing.T) {
 	st := g.s.Status()["p0.Svc"]
 	if st.Files != maxFilesPerBackend || len(st.Errors) != 1 || !strings.Contains(st.Errors[0], "over the gateway's bound") {
 		t.Fatalf("status = %d files, errors %q; want %d files and the bound named", st.Files, st.Errors, maxFilesPerBackend)
+	}
+}
+
+func TestUnknownNamesAskedOncePerRetry(t *testing.T) {
+	g := startService(t, time.Second)
+	be := startBackend(t, backendOpts{}, svcFile("a.proto", "a", "Svc", nil))
+	g.tab.set(Route{Name: "a.Svc", Backends: []Backend{be.at(time.Time{})}})
+	for range 3 {
+		if resp := g.ask(t, false, symReq("nowhere.Msg"))[0]; resp.GetErrorResponse().GetErrorCode() != int32(codes.NotFound) {
+			t.Fatalf("file_containing_symbol nowhere.Msg = %v, want NOT_FOUND", resp)
+		}
+	}
+	// One stream to fetch the route, one to ask for the unknown name.
+	if n := be.streams.Load(); n != 2 {
+		t.Fatalf("the backend was asked on %d streams for 3 requests of one unknown name, want 2", n)
+	}
+	g.clock.add(errorRetry)
+	g.ask(t, false, symReq("nowhere.Msg"))
+	if n := be.streams.Load(); n != 3 {
+		t.Fatalf("after errorRetry the backend was asked on %d streams in all, want 3", n)
 	}
 }
