@@ -72,6 +72,13 @@ type Reflection struct {
 	Disabled bool `yaml:"disabled"`
 }
 
+// The reflection services' names, which a route may name only with
+// reflection disabled.
+const (
+	ReflectionV1      = "grpc.reflection.v1.ServerReflection"
+	ReflectionV1Alpha = "grpc.reflection.v1alpha.ServerReflection"
+)
+
 // Register is the gateway's own registration in Consul, with a Consul gRPC
 // check against its aggregated health (""); it deregisters when it drains.
 type Register struct {
@@ -232,6 +239,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s.service: missing (a full gRPC service name such as pkg.Service, or %q)", f, discoverycfg.DefaultRoute)
 		case strings.ContainsAny(r.Service, "/ ") && r.Service != discoverycfg.DefaultRoute:
 			return fmt.Errorf("%s.service: %q is not a gRPC service name (no slashes or spaces: pkg.Service)", f, r.Service)
+		case !c.Reflection.Disabled && (r.Service == ReflectionV1 || r.Service == ReflectionV1Alpha):
+			return fmt.Errorf("%s.service: %s is served by the gateway itself; set reflection.disabled: true to route it", f, r.Service)
 		case len(r.Backends) == 0 && r.ConsulService == "":
 			return fmt.Errorf("%s: neither backends nor consul_service is set", f)
 		case len(r.Tags) > 0 && r.ConsulService == "":

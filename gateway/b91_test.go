@@ -34,6 +34,7 @@ import (
 	"github.com/healthgate/healthgate/example/authpb"
 	"github.com/healthgate/healthgate/healthcheck/healthcheckcfg"
 	"github.com/healthgate/healthgate/internal/testutil"
+	"github.com/healthgate/healthgate/reflectsvc"
 )
 
 const loginService = "example.auth.v1.Authorization"
@@ -379,4 +380,13 @@ func TestB91_DisabledRoutesReflectionLikeAnyService(t *testing.T) {
 			t.Fatalf("grpcurl list with reflection disabled: %v, want the server to have no reflection", err)
 		}
 	})
+}
+
+// TestReflectionNamesMatchConfig: config, which cannot import grpc, keeps its
+// own copy of the names that a route may not take while the gateway serves
+// reflection.
+func TestReflectionNamesMatchConfig(t *testing.T) {
+	if got, want := reflectsvc.Services(), []string{config.ReflectionV1, config.ReflectionV1Alpha}; !slices.Equal(got, want) {
+		t.Fatalf("reflectsvc.Services() = %q, config names %q", got, want)
+	}
 }
