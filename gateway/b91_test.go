@@ -68,7 +68,15 @@ func (l loginByAddr) Login(_ context.Context, req *authpb.LoginRequest) (*authpb
 // the test ends and returns its address.
 func startReflecting(t *testing.T, kind loginKind) string {
 	t.Helper()
-	lis := listenOn(t, "127.0.0.1:0")
+	addr, _ := startReflectingOn(t, "127.0.0.1:0", kind)
+	return addr
+}
+
+// startReflectingOn is startReflecting on addr; stop ends the server before
+// the test does.
+func startReflectingOn(t *testing.T, addr string, kind loginKind) (string, func()) {
+	t.Helper()
+	lis := listenOn(t, addr)
 	s := grpc.NewServer()
 	authpb.RegisterAuthorizationServer(s, loginByAddr{addr: lis.Addr().String()})
 	hs := health.NewServer()
@@ -92,7 +100,7 @@ func startReflecting(t *testing.T, kind loginKind) string {
 	}
 	go s.Serve(lis) //nolint:errcheck // ends with Stop
 	t.Cleanup(s.Stop)
-	return lis.Addr().String()
+	return lis.Addr().String(), s.Stop
 }
 
 // grpcurlClient is what grpcurl runs against the gateway: a reflection
@@ -287,6 +295,31 @@ func TestB91_RoutesAppearAndLeave(t *testing.T) {
 		}
 		if _, _, err := c.describe(loginService); err == nil {
 			t.Fatalf("describe %s succeeded after its route left", loginService)
+		}
+	})
+}
+
+// TestB91_RestartedBackendDescribedAnew: a backend that restarts on the same
+// address with other descriptors is asked again once it is back in
+// rotation, without any change to the route.
+func TestB91_RestartedBackendDescribedAnew(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		addr, stop := startReflectingOn(t, "127.0.0.1:0", withReflection)
+		h := e.start(t, config.Config{Routes: []config.Route{{Service: loginService, Backends: []string{addr}}}})
+		h.routable(t, loginService, 1)
+		c := newGrpcurl(t, h.addr, false)
+		if _, _, err := c.describe(loginService); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.describe("example.auth.v1.Extra"); err == nil {
+			t.Fatal("describe example.auth.v1.Extra succeeded before any backend serves it")
+		}
+		stop()
+		h.routable(t, loginService, 0)
+		startReflectingOn(t, addr, variant)
+		h.routable(t, loginService, 1)
+		if _, _, err := c.describe("example.auth.v1.Extra"); err != nil {
+			t.Fatalf("describe example.auth.v1.Extra after the backend came back with it: %v", err)
 		}
 	})
 }
