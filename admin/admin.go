@@ -36,6 +36,29 @@ type Gateway interface {
 	Listening() bool
 }
 
+// Reflector is a gateway that serves gRPC reflection of its own: /backends
+// then shows, per route, what the gateway holds of its backends'
+// descriptors.
+type Reflector interface {
+	// Reflection is, per route whose descriptors were fetched, what the
+	// gateway holds.
+	Reflection() map[string]ReflectionView
+}
+
+// ReflectionView is what the gateway's reflection holds for one route.
+type ReflectionView struct {
+	// Files is how many file descriptors the route's backends served.
+	Files int `json:"files"`
+	// Conflicts name each file served with two contents, and which one is
+	// kept.
+	Conflicts []string `json:"conflicts,omitempty"`
+	// WithoutReflection are backends that do not serve reflection: the
+	// route is listed without their descriptors.
+	WithoutReflection []string `json:"without_reflection,omitempty"`
+	// Errors are backends whose reflection failed, and why.
+	Errors []string `json:"errors,omitempty"`
+}
+
 // Config of the admin handler.
 type Config struct {
 	// Pprof serves /debug/pprof/. Off by default: profiles are for when
@@ -114,6 +137,9 @@ type RouteView struct {
 	// (its calls get UNAVAILABLE) for the drain grace.
 	Gone     bool          `json:"gone,omitempty"`
 	Backends []BackendView `json:"backends"`
+	// Reflection is set once a reflection request made the gateway fetch
+	// the route's descriptors (Reflector).
+	Reflection *ReflectionView `json:"reflection,omitempty"`
 }
 
 // BackendView is one backend of one route.
@@ -157,11 +183,18 @@ func Snapshot(g Gateway) View {
 		return v
 	}
 	v.Version, v.Synced, v.Draining = st.Version, st.Synced, st.Draining
+	var refl map[string]ReflectionView
+	if r, ok := g.(Reflector); ok {
+		refl = r.Reflection()
+	}
 	for _, name := range slices.Sorted(maps.Keys(st.Routes)) {
 		r := st.Routes[name]
 		rv := RouteView{
 			Route: name, HealthService: r.HealthService, Serving: r.Serving, Routable: r.Routable,
 			MinHealthy: r.MinHealthy, Gone: r.Gone, Backends: make([]BackendView, 0, len(r.Backends)),
+		}
+		if rf, ok := refl[name]; ok {
+			rv.Reflection = &rf
 		}
 		for _, b := range r.Backends {
 			bv := BackendView{

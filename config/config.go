@@ -56,7 +56,28 @@ type Config struct {
 	Outlier healthcheckcfg.Outlier `yaml:"outlier_detection"`
 	// Shutdown tunes the drain on SIGTERM.
 	Shutdown Shutdown `yaml:"shutdown"`
+	// Reflection is the gateway's own gRPC server reflection, merged from
+	// its routes' backends.
+	Reflection Reflection `yaml:"reflection"`
 }
+
+// Reflection: the gateway serves grpc.reflection.v1 and v1alpha itself,
+// listing its routes and describing them with the descriptors their
+// backends' reflection serves, so that grpcurl works through it. It is on
+// by default; it tells any client that can reach the listener which
+// services are routed.
+type Reflection struct {
+	// Disabled turns it off: reflection calls are then routed like any
+	// other service's, to the route (if any) that covers them.
+	Disabled bool `yaml:"disabled"`
+}
+
+// The reflection services' names, which a route may name only with
+// reflection disabled.
+const (
+	ReflectionV1      = "grpc.reflection.v1.ServerReflection"
+	ReflectionV1Alpha = "grpc.reflection.v1alpha.ServerReflection"
+)
 
 // Register is the gateway's own registration in Consul, with a Consul gRPC
 // check against its aggregated health (""); it deregisters when it drains.
@@ -218,6 +239,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s.service: missing (a full gRPC service name such as pkg.Service, or %q)", f, discoverycfg.DefaultRoute)
 		case strings.ContainsAny(r.Service, "/ ") && r.Service != discoverycfg.DefaultRoute:
 			return fmt.Errorf("%s.service: %q is not a gRPC service name (no slashes or spaces: pkg.Service)", f, r.Service)
+		case !c.Reflection.Disabled && (r.Service == ReflectionV1 || r.Service == ReflectionV1Alpha):
+			return fmt.Errorf("%s.service: %s is served by the gateway itself; set reflection.disabled: true to route it", f, r.Service)
 		case len(r.Backends) == 0 && r.ConsulService == "":
 			return fmt.Errorf("%s: neither backends nor consul_service is set", f)
 		case len(r.Tags) > 0 && r.ConsulService == "":

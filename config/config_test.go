@@ -41,6 +41,7 @@ func TestBadConfigNamesTheField(t *testing.T) {
 		{"listen: 0.0.0.0:9000\nconsul: {address: '127.0.0.1:8500'}\nregister: {enabled: true}\n", "register.address"},
 		{"register: {enabled: true}\n", "register.enabled"},
 		{"admin: 10.1.2.3:9901\n", "admin_public"},
+		{"routes:\n- {service: grpc.reflection.v1.ServerReflection, backends: ['h:1']}\n", "routes[0].service: grpc.reflection.v1.ServerReflection is served by the gateway itself"},
 	}
 	for _, tc := range cases {
 		_, err := Parse([]byte(tc.yaml))

@@ -30,6 +30,7 @@ import (
 	// uncompressed: compression is per hop.
 	_ "google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/healthgate/healthgate/admin"
 	"github.com/healthgate/healthgate/balancer"
@@ -42,6 +43,7 @@ import (
 	"github.com/healthgate/healthgate/metrics"
 	"github.com/healthgate/healthgate/proxy"
 	"github.com/healthgate/healthgate/proxy/proxycfg"
+	"github.com/healthgate/healthgate/reflectsvc"
 	"github.com/healthgate/healthgate/register"
 )
 
@@ -68,6 +70,9 @@ type Gateway struct {
 	state   atomic.Pointer[healthcheck.State]
 	// policies are the routes' traffic policies, by route name.
 	policies atomic.Pointer[map[string]*proxy.RoutePolicy]
+
+	// reflection is the gateway's own gRPC reflection; nil when disabled.
+	reflection *reflectsvc.Service
 
 	// listening is true while the listener accepts calls.
 	listening atomic.Bool
@@ -140,11 +145,27 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		g.srv = grpc.NewServer(append(px.ServerOptions(), serverOptions()...)...)
 	}
 	healthpb.RegisterHealthServer(g.srv, g.health)
+	if !cfg.Reflection.Disabled {
+		g.reflection, err = reflectsvc.New(reflectsvc.Config{
+			Table: reflectionTable{&g.state},
+			Own:   []protoreflect.ServiceDescriptor{healthpb.File_grpc_health_v1_health_proto.Services().Get(0)},
+		}, logger)
+		if err != nil {
+			return nil, err
+		}
+		g.reflection.Register(g.srv)
+	}
 	g.front = g.srv
 	if cfg.Proxy.Engine == proxycfg.EngineRelay {
 		g.local = &localUpstream{lis: h2.NewPipeListener(), up: make(chan struct{})}
+		local := map[string]proxy.RelayUpstream{healthpb.Health_ServiceDesc.ServiceName: g.local}
+		if g.reflection != nil {
+			for _, name := range reflectsvc.Services() {
+				local[name] = g.local
+			}
+		}
 		g.relay = px.NewRelay(proxy.RelayConfig{
-			Local:     map[string]proxy.RelayUpstream{healthpb.Health_ServiceDesc.ServiceName: g.local},
+			Local:     local,
 			UserAgent: "healthgate/" + Version,
 		})
 		g.front = g.relay

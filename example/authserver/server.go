@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/healthgate/healthgate/example/authpb"
 )
@@ -169,6 +170,9 @@ func New(cfg Config) (*Server, error) {
 	s.grpcSrv = grpc.NewServer(opts...)
 	authpb.RegisterAuthorizationServer(s.grpcSrv, &authService{s: s})
 	healthpb.RegisterHealthServer(s.grpcSrv, s.health)
+	// So that grpcurl can list, describe and call it by name, directly
+	// or through the gateway, which merges its routes' reflection.
+	reflection.Register(s.grpcSrv)
 	s.health.SetServingStatus(HealthService, healthpb.HealthCheckResponse_SERVING)
 	return s, nil
 }

@@ -221,9 +221,14 @@ func run(ctx context.Context, consulBin, binDir string, keep, useTLS bool) error
 	if keep {
 		fmt.Printf("\nThe stack is running (logs in %s). Try:\n", logDir)
 		if d != nil {
-			fmt.Printf("  grpcurl -cacert %s -import-path example/authpb -proto auth.proto -d '{\"email\":\"admin@admin.com\",\"password\":\"123456\"}' %s example.auth.v1.Authorization/Login\n", d.caFile, gatewayAt)
+			// The gateway's reflection lists its routes and describes
+			// them with the backends' own descriptors: no .proto needed.
+			fmt.Printf("  grpcurl -cacert %s %s list\n", d.caFile, gatewayAt)
+			fmt.Printf("  grpcurl -cacert %s -d '{\"email\":\"admin@admin.com\",\"password\":\"123456\"}' %s example.auth.v1.Authorization/Login\n", d.caFile, gatewayAt)
 		} else {
-			fmt.Printf("  grpcurl -plaintext -import-path example/authpb -proto auth.proto -d '{\"email\":\"admin@admin.com\",\"password\":\"123456\"}' %s example.auth.v1.Authorization/Login\n", gatewayAt)
+			fmt.Printf("  grpcurl -plaintext %s list\n", gatewayAt)
+			fmt.Printf("  grpcurl -plaintext %s describe example.auth.v1.Authorization\n", gatewayAt)
+			fmt.Printf("  grpcurl -plaintext -d '{\"email\":\"admin@admin.com\",\"password\":\"123456\"}' %s example.auth.v1.Authorization/Login\n", gatewayAt)
 			fmt.Printf("  bin/healthgate probe -addr %s -service %s\n", gatewayAt, authserver.HealthService)
 		}
 		fmt.Printf("  curl http://%s/backends    # or open http://%s/ for the status page\n", adminAt, adminAt)
