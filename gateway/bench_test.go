@@ -16,7 +16,7 @@ import (
 // -benchmem, what it allocates. make bench measures the same against other
 // proxies, each in its own process.
 func BenchmarkEngines(b *testing.B) {
-	for _, eng := range []string{proxycfg.EngineGRPC, proxycfg.EngineRelay} {
+	for _, eng := range []string{proxycfg.EngineGRPC, proxycfg.EngineRelay, policyEngine} {
 		b.Run(eng, func(b *testing.B) {
 			backend := testutil.StartBackend(b)
 			stop := make(chan struct{})
@@ -33,6 +33,9 @@ func BenchmarkEngines(b *testing.B) {
 			}()
 			cfg := config.Config{Routes: []config.Route{{Service: testutil.TestService, Backends: []string{backend.Addr}}}}
 			cfg.Proxy.Engine = eng
+			if eng == policyEngine {
+				cfg = policyConfig(b, backend.Addr)
+			}
 			g := gatewaytest.Start(b, cfg, nil)
 			g.WaitRoutable(b, testutil.TestService, 1)
 			cc := testutil.Dial(b, g.Addr)
@@ -51,4 +54,30 @@ func BenchmarkEngines(b *testing.B) {
 			})
 		})
 	}
+}
+
+// policyEngine is the relay with every traffic policy of the route on, set
+// so that none triggers on healthy calls but each runs its code on every
+// call: what the policies cost on the hot path (make bench's
+// healthgate-relay-policy measures the same between processes).
+const policyEngine = "relay-policy"
+
+func policyConfig(b *testing.B, backend string) config.Config {
+	b.Helper()
+	c, err := config.Parse([]byte(`
+proxy: {engine: relay}
+routes:
+  - service: ` + testutil.TestService + `
+    backends: [` + backend + `]
+    retry: {codes: [UNAVAILABLE], max_attempts: 3, budget: {ratio: 0.2, min_per_second: 10}, buffer_bytes: 64KiB}
+    timeout: 30s
+    max_timeout: 60s
+    idle_timeout: 60s
+    max_in_flight: 100000
+    rate: {per_second: 10000000, burst: 10000000}
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return *c
 }

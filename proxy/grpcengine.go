@@ -86,7 +86,8 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	// over from the client's side (cancel, deadline, oversized message).
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	if d := idleTimeout(&rt); d > 0 {
+	dl, hasDL := ctx.Deadline()
+	if d := idleTimeout(&rt, time.Until(dl), hasDL); d > 0 {
 		// Copies, so that the closure does not move the call's route to
 		// the heap for every call.
 		name, cancelIdle := rt.Name, cancel

@@ -109,6 +109,9 @@ type reqKeep struct {
 	on     bool
 	n      int
 	chunks []*[]byte
+	// arr holds the first chunks without an allocation: a unary call's
+	// request is one.
+	arr [2]*[]byte
 }
 
 // add keeps p, or stops keeping when p would take the bytes past limit.
@@ -122,6 +125,9 @@ func (k *reqKeep) add(r *Relay, p []byte, limit int) {
 	}
 	k.n += len(p)
 	for len(p) > 0 {
+		if k.chunks == nil {
+			k.chunks = k.arr[:0]
+		}
 		if len(k.chunks) == 0 || len(*k.chunks[len(k.chunks)-1]) == cap(*k.chunks[len(k.chunks)-1]) {
 			bp := r.kept.Get().(*[]byte)
 			*bp = (*bp)[:0]
@@ -514,7 +520,7 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 		call.timer = time.AfterFunc(timeout, call.expired)
 		call.mu.Unlock()
 	}
-	if d := idleTimeout(&call.route); d > 0 {
+	if d := idleTimeout(&call.route, timeout, hasTimeout); d > 0 {
 		call.mu.Lock()
 		call.idle = newIdleTimer(d, call.idleExpired)
 		call.mu.Unlock()

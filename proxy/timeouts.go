@@ -44,9 +44,12 @@ func (p *Proxy) limitsDeadline(rt *Route) bool {
 	return p.cfg.DefaultTimeout > 0 || (rt.Policy != nil && (rt.Policy.Timeout > 0 || rt.Policy.MaxTimeout > 0))
 }
 
-// idleTimeout is the route's idle_timeout; zero for none.
-func idleTimeout(rt *Route) time.Duration {
-	if rt.Policy == nil {
+// idleTimeout is the route's idle_timeout for a call with the given time
+// left (hasLeft false: no deadline); zero for none. A call whose deadline
+// comes first can never be idle that long: it needs no idle timer, which
+// would cost a timer per call for nothing.
+func idleTimeout(rt *Route, left time.Duration, hasLeft bool) time.Duration {
+	if rt.Policy == nil || (hasLeft && left <= rt.Policy.IdleTimeout) {
 		return 0
 	}
 	return rt.Policy.IdleTimeout
