@@ -18,6 +18,7 @@ import (
 
 	"github.com/healthgate/healthgate/balancer/balancercfg"
 	"github.com/healthgate/healthgate/discovery/discoverycfg"
+	"github.com/healthgate/healthgate/grpcweb/grpcwebcfg"
 	"github.com/healthgate/healthgate/healthcheck/healthcheckcfg"
 	"github.com/healthgate/healthgate/proxy/proxycfg"
 )
@@ -59,6 +60,8 @@ type Config struct {
 	// Reflection is the gateway's own gRPC server reflection, merged from
 	// its routes' backends.
 	Reflection Reflection `yaml:"reflection"`
+	// GRPCWeb serves gRPC-Web on the listener; grpcweb owns it.
+	GRPCWeb grpcwebcfg.Settings `yaml:"grpc_web"`
 }
 
 // Reflection: the gateway serves grpc.reflection.v1 and v1alpha itself,
@@ -306,6 +309,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.ListenTLS.Validate(); err != nil {
 		return fmt.Errorf("listen_tls.%w", err)
+	}
+	if err := c.GRPCWeb.Validate(); err != nil {
+		return fmt.Errorf("grpc_web.%w", err)
 	}
 	// An edge listener without TLS is a choice to make on purpose.
 	if host, _, err := net.SplitHostPort(c.Listen); err == nil && !c.ListenTLS.Enabled() && !c.ListenPlaintext && !isLoopback(host) {

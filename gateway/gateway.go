@@ -73,6 +73,8 @@ type Gateway struct {
 
 	// reflection is the gateway's own gRPC reflection; nil when disabled.
 	reflection *reflectsvc.Service
+	// web serves gRPC-Web; nil unless grpc_web.enabled.
+	web *web
 
 	// listening is true while the listener accepts calls.
 	listening atomic.Bool
@@ -156,6 +158,16 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		g.reflection.Register(g.srv)
 	}
 	g.front = g.srv
+	// webLocal stays a nil interface without gRPC-Web.
+	var webLocal proxy.RelayUpstream
+	if cfg.GRPCWeb.Enabled {
+		if g.web, err = newWeb(cfg, px, cfg.Proxy.Engine == proxycfg.EngineRelay, logger); err != nil {
+			return nil, err
+		}
+		if g.web.local != nil {
+			webLocal = g.web.local
+		}
+	}
 	if cfg.Proxy.Engine == proxycfg.EngineRelay {
 		g.local = &localUpstream{lis: h2.NewPipeListener(), up: make(chan struct{})}
 		local := map[string]proxy.RelayUpstream{healthpb.Health_ServiceDesc.ServiceName: g.local}
@@ -166,9 +178,14 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		}
 		g.relay = px.NewRelay(proxy.RelayConfig{
 			Local:     local,
+			Web:       webLocal,
 			UserAgent: "healthgate/" + Version,
 		})
 		g.front = g.relay
+	}
+	if g.web != nil {
+		g.web.engine = g.front
+		g.front = g.web
 	}
 	return g, nil
 }
@@ -531,6 +548,9 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	} else {
 		close(localDone)
 	}
+	if g.web != nil {
+		g.web.start(runCtx, g.log)
+	}
 	checkDone := make(chan error, 1)
 	go func() {
 		checkDone <- g.checker.Run(runCtx, g.source, g.publish)
@@ -624,6 +644,9 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 		g.local.lis.Close()
 	}
 	<-localDone
+	if g.web != nil {
+		g.web.close()
+	}
 	<-connectDone
 	if cerr := <-checkDone; err == nil {
 		err = cerr

@@ -36,6 +36,9 @@ type forwardPolicy struct {
 
 // policyFor is the policy for a client at from (nil when unknown).
 func policyFor(from net.Addr, trusted []netip.Prefix) forwardPolicy {
+	if _, ok := from.(internalAddr); ok {
+		return forwardPolicy{trusted: true}
+	}
 	fp := forwardPolicy{trusted: isTrusted(from, trusted)}
 	if from != nil {
 		host := from.String()

@@ -84,6 +84,11 @@ type relayCall struct {
 	reqPending int
 	// unrouted: no route covers the method.
 	unrouted bool
+	// web: a gRPC-Web call (or its CORS preflight), relayed as it is to
+	// the gateway's bridge, which calls the gateway back with it as gRPC:
+	// limits, deadline, retries and the observer apply to that call, not
+	// to this one.
+	web bool
 
 	// rc is the call's retries; keep holds the request bytes sent so far
 	// while a retry may need them.
@@ -197,6 +202,7 @@ func (m *msgLimit) feed(p []byte, max int) (over uint32, payload int) {
 type Relay struct {
 	p     *Proxy
 	local map[string]RelayUpstream
+	web   RelayUpstream
 	ua    string
 	tls   *tls.Config
 	// pool holds the buffers client DATA is read into, shared by every
@@ -218,13 +224,18 @@ type RelayConfig struct {
 	// that serves it inside the gateway: its calls go there, never
 	// through the Picker.
 	Local map[string]RelayUpstream
+	// Web, if set, takes every gRPC-Web call (content-type
+	// application/grpc-web...) and CORS preflight: it translates the call
+	// and makes it again, as gRPC, through this relay. Nil: gRPC-Web calls
+	// are refused.
+	Web RelayUpstream
 	// UserAgent is sent to backends.
 	UserAgent string
 }
 
 // NewRelay returns the relay engine for p.
 func (p *Proxy) NewRelay(cfg RelayConfig) *Relay {
-	r := &Relay{p: p, local: cfg.Local, ua: cfg.UserAgent, conns: map[*h2.Conn]struct{}{}}
+	r := &Relay{p: p, local: cfg.Local, web: cfg.Web, ua: cfg.UserAgent, conns: map[*h2.Conn]struct{}{}}
 	if p.cfg.ListenTLS != nil {
 		// gRPC clients insist on ALPN h2.
 		r.tls = p.cfg.ListenTLS.Clone()
@@ -270,8 +281,11 @@ func (r *Relay) serveConn(nc net.Conn) {
 	l := r.p.cfg.Limits
 	handshake := time.Now().Add(l.HandshakeTimeout)
 	var tlsID string
-	if tc := r.tls; tc != nil {
-		t := tls.Server(nc, tc)
+	// The gRPC-Web bridge's connections come from inside the process:
+	// TLS was the client's hop, already ended.
+	_, internal := nc.(internalConn)
+	if r.tls != nil && !internal {
+		t := tls.Server(nc, r.tls)
 		_ = nc.SetDeadline(handshake)
 		if err := t.Handshake(); err != nil {
 			nc.Close()
@@ -295,7 +309,7 @@ func (r *Relay) serveConn(nc net.Conn) {
 	var c *h2.Conn
 	pings := pingPolicy{min: l.MinPingInterval}
 	resets := newResetPolicy(l.MaxConcurrentStreams)
-	c = h2.NewConn(nc, h2.Server, h2.Config{
+	cfg := h2.Config{
 		MaxConcurrentStreams: l.MaxConcurrentStreams,
 		MaxHeaderListSize:    l.MaxHeaderListBytes,
 		StreamWindow:         1 << 20,
@@ -307,7 +321,13 @@ func (r *Relay) serveConn(nc net.Conn) {
 		OnPing:  pings.allow,
 		OnReset: resets.allow,
 		Logger:  r.p.log,
-	})
+	}
+	if internal {
+		// The bridge's connection carries every gRPC-Web client's calls,
+		// and their cancels: no one client's rate of them is its own.
+		cfg.OnReset = nil
+	}
+	c = h2.NewConn(nc, h2.Server, cfg)
 	r.mu.Lock()
 	if r.draining {
 		r.mu.Unlock()
@@ -463,14 +483,6 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 	call := &relayCall{r: r, client: s, policy: policy, tlsID: tlsID, start: time.Now()}
 	s.Accept(clientSide{call})
 	s.Value = call
-	if obs := r.p.cfg.Observer; obs != nil {
-		obs.CallStarted()
-	}
-	if f.Truncated {
-		call.fail(codes.ResourceExhausted, fmt.Sprintf("healthgate: request headers larger than %d bytes", r.p.cfg.Limits.MaxHeaderListBytes), nil, FromClient)
-		return
-	}
-	call.method = f.PseudoValue("path")
 	ct := ""
 	for _, hf := range f.RegularFields() {
 		if hf.Name == "content-type" {
@@ -478,10 +490,35 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 			break
 		}
 	}
+	// gRPC-Web calls, and the CORS preflights (OPTIONS) that browsers
+	// send before them, go to the bridge; a native call pays one prefix
+	// check for it.
+	isWeb := strings.HasPrefix(ct, "application/grpc-web")
+	call.web = r.web != nil && (isWeb || !strings.HasPrefix(ct, "application/grpc") && f.PseudoValue("method") == "OPTIONS")
+	if obs := r.p.cfg.Observer; obs != nil && !call.web {
+		obs.CallStarted()
+	}
+	if f.Truncated {
+		call.fail(codes.ResourceExhausted, fmt.Sprintf("healthgate: request headers larger than %d bytes", r.p.cfg.Limits.MaxHeaderListBytes), nil, FromClient)
+		return
+	}
+	call.method = f.PseudoValue("path")
 	// Requests that are not gRPC get the answers grpc-go's server gives
 	// them: an HTTP status with a gRPC status beside it.
-	if !strings.HasPrefix(ct, "application/grpc") {
+	if !call.web && (!strings.HasPrefix(ct, "application/grpc") || isWeb) {
 		call.earlyAbort(415, codes.InvalidArgument, fmt.Sprintf("invalid gRPC request content-type %q", ct))
+		return
+	}
+	if call.web {
+		// The bridge answers preflights and wrong methods itself.
+		call.local = r.web
+		call.reqFields = r.outgoing(f, call, 0, false)
+		// The bridge tells same-origin pages by the authority they called.
+		call.reqFields[3].Value = f.PseudoValue("authority")
+		call.reqEnded = f.StreamEnded()
+		call.mu.Lock()
+		call.open(s)
+		call.mu.Unlock()
 		return
 	}
 	if m := f.PseudoValue("method"); m != "POST" {
@@ -535,8 +572,12 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 func (r *Relay) outgoing(f *http2.MetaHeadersFrame, call *relayCall, timeout time.Duration, hasTimeout bool) []hpack.HeaderField {
 	regular := f.RegularFields()
 	out := make([]hpack.HeaderField, 0, len(regular)+8)
+	method := "POST"
+	if call.web {
+		method = f.PseudoValue("method")
+	}
 	out = append(out,
-		hpack.HeaderField{Name: ":method", Value: "POST"},
+		hpack.HeaderField{Name: ":method", Value: method},
 		hpack.HeaderField{Name: ":scheme", Value: "http"},
 		hpack.HeaderField{Name: ":path", Value: call.method},
 		hpack.HeaderField{Name: ":authority", Value: ""}, // the backend's, set at open
@@ -557,6 +598,10 @@ func (r *Relay) outgoing(f *http2.MetaHeadersFrame, call *relayCall, timeout tim
 			out = append(out, hf)
 			continue
 		case "grpc-timeout":
+			if call.web {
+				// The bridge's call carries it on.
+				out = append(out, hf)
+			}
 			continue
 		}
 		if !call.policy.keep(hf.Name) {
@@ -603,7 +648,9 @@ func (c *relayCall) open(reader *h2.Stream) {
 				// The first attempt's list may still be the writer's.
 				fields = slices.Clone(fields)
 			}
-			fields[3].Value = up.Addr()
+			if !c.web {
+				fields[3].Value = up.Addr()
+			}
 			if c.attempts > 1 && !c.deadline.IsZero() {
 				// A retry has less time left than the first attempt had.
 				if i := slices.IndexFunc(fields, func(hf hpack.HeaderField) bool { return hf.Name == "grpc-timeout" }); i >= 0 {
@@ -694,7 +741,11 @@ func (h clientSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 	if c.idle != nil {
 		c.idle.touch()
 	}
-	l, payload := c.reqMsg.feed(p, c.r.p.cfg.MaxRequestBytes)
+	var l uint32
+	payload := len(p)
+	if !c.web {
+		l, payload = c.reqMsg.feed(p, c.r.p.cfg.MaxRequestBytes)
+	}
 	if l > 0 {
 		ch.Release()
 		c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", l, c.r.p.cfg.MaxRequestBytes), nil, FromClient)
@@ -889,7 +940,11 @@ func (h backendSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 	if c.idle != nil {
 		c.idle.touch()
 	}
-	l, payload := c.respMsg.feed(p, c.r.p.cfg.MaxResponseBytes)
+	var l uint32
+	payload := len(p)
+	if !c.web {
+		l, payload = c.respMsg.feed(p, c.r.p.cfg.MaxResponseBytes)
+	}
 	if l > 0 {
 		ch.Release()
 		s.Consumed(len(p))
@@ -898,6 +953,14 @@ func (h backendSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 		return
 	}
 	c.respBytes += int64(payload)
+	if end && c.web {
+		// gRPC-Web's status is in the body, which ends the answer.
+		c.finishLocked(codes.OK, "", FromBackend)
+		if c.client.QueueData(ch, true) {
+			s.ThenFlush(c.client)
+		}
+		return
+	}
 	if c.client.QueueData(ch, false) {
 		s.ThenFlush(c.client)
 	}
@@ -1053,7 +1116,13 @@ func (c *relayCall) failLocked(code codes.Code, msg string, _ []hpack.HeaderFiel
 	}
 	fields := make([]hpack.HeaderField, 0, 4)
 	if !c.answered {
-		fields = append(fields, hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+		ct := "application/grpc"
+		if c.web {
+			// gRPC-Web clients read a status in the headers of an answer
+			// that has nothing else.
+			ct = "application/grpc-web+proto"
+		}
+		fields = append(fields, hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: ct})
 	}
 	fields = append(fields, hpack.HeaderField{Name: "grpc-status", Value: strconv.Itoa(int(code))})
 	if msg != "" {
@@ -1106,7 +1175,7 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 	if c.up != nil {
 		c.up.Done(Outcome{Code: code, Origin: origin})
 	}
-	if obs := c.r.p.cfg.Observer; obs != nil {
+	if obs := c.r.p.cfg.Observer; obs != nil && !c.web {
 		info := CallInfo{
 			FullMethod: c.method, Routed: !c.unrouted, Route: c.route.Name, Code: code, Duration: time.Since(c.start),
 			RequestBytes: c.reqBytes, ResponseBytes: c.respBytes, Attempts: c.attempts,
