@@ -9,7 +9,7 @@ CONSUL   = $(shell ./scripts/consul.sh)
 # FUZZ_TARGETS is every fuzz test, as package:Target. make test fuzzes each
 # for FUZZTIME_TEST, make fuzz for FUZZTIME. A failing input is written to
 # the package's testdata/fuzz/, where plain go test replays it from then on.
-FUZZ_TARGETS  := metrics:FuzzMethodLabels balancer:FuzzServiceOf proxy:FuzzOutgoingMD proxy:FuzzGRPCTimeout proxy:FuzzMsgLimit proxy:FuzzGrpcMessage proxy:FuzzPushback proxy/proxycfg:FuzzParseBackoff proxy/proxycfg:FuzzParseBytes config:FuzzConfigParse config:FuzzStaticBackends internal/h2:FuzzHeaderReader internal/h2:FuzzServerConn
+FUZZ_TARGETS  := metrics:FuzzMethodLabels balancer:FuzzServiceOf proxy:FuzzOutgoingMD proxy:FuzzGRPCTimeout proxy:FuzzMsgLimit proxy:FuzzGrpcMessage proxy:FuzzPushback proxy/proxycfg:FuzzParseBackoff proxy/proxycfg:FuzzParseBytes config:FuzzConfigParse config:FuzzStaticBackends internal/h2:FuzzHeaderReader internal/h2:FuzzServerConn grpcweb:FuzzTextDecoder grpcweb:FuzzFrameChecker
 FUZZTIME_TEST ?= 3s
 FUZZTIME      ?= 60s
 

@@ -20,6 +20,9 @@ func TestExampleConfigLoads(t *testing.T) {
 	if c.Listen != "127.0.0.1:9000" || len(c.Routes) != 2 || c.Routes[1].ConsulService != "auth" {
 		t.Fatalf("example config read as %+v", c)
 	}
+	if c.GRPCWeb.Enabled || len(c.GRPCWeb.AllowedOrigins) != 1 {
+		t.Fatalf("grpc_web read as %+v, want off with one allowed origin", c.GRPCWeb)
+	}
 	if c.Health.BackoffMax != 2*time.Minute {
 		t.Fatalf("health.backoff_max = %s, want 2m", c.Health.BackoffMax)
 	}
@@ -42,6 +45,7 @@ func TestBadConfigNamesTheField(t *testing.T) {
 		{"register: {enabled: true}\n", "register.enabled"},
 		{"admin: 10.1.2.3:9901\n", "admin_public"},
 		{"routes:\n- {service: grpc.reflection.v1.ServerReflection, backends: ['h:1']}\n", "routes[0].service: grpc.reflection.v1.ServerReflection is served by the gateway itself"},
+		{"grpc_web:\n  enabled: true\n  allowed_origins: ['https://a.example', 'a.example']\n", "grpc_web.allowed_origins[1]"},
 	}
 	for _, tc := range cases {
 		_, err := Parse([]byte(tc.yaml))
