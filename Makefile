@@ -63,9 +63,24 @@ run: build consul
 # from Debian when missing), checks its DOM and leaves a screenshot in
 # admin/testdata/screenshots/ (ignored by git).
 .PHONY: ui-test
-ui-test:
+ui-test: grpcweb-ui-test
 	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 	HEALTHGATE_UI_TEST=1 $(GO) test -race -count=1 -run UI -v ./admin/
+
+# grpcweb-ui-test: the example page (example/webclient) calls the example
+# Login service through a gateway with grpc-web, Google's gRPC-Web client,
+# in headless Chromium: text and binary mode, HTTP/1.1 on both engines and
+# HTTP/2 over TLS on the relay, through a NOT_SERVING flip and back.
+# Installs Chromium, Node.js and npm from Debian when missing, the page's
+# packages at the versions package-lock.json pins, and bundles the page
+# with esbuild into example/webclient/dist/ (ignored by git, like the
+# screenshots in testdata/screenshots/). make test needs none of it.
+.PHONY: grpcweb-ui-test
+grpcweb-ui-test:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+	@command -v npm >/dev/null || (apt-get update && apt-get install -y nodejs npm)
+	cd example/webclient && npm ci --no-audit --no-fund && npm run build
+	HEALTHGATE_UI_TEST=1 $(GO) test -race -count=1 -run 'TestB90_Browser' -v ./example/webclient/
 
 bench:
 	cd bench && $(GO) run ./cmd/bench -mode full $(BENCHFLAGS)

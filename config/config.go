@@ -313,6 +313,11 @@ func (c *Config) Validate() error {
 	if err := c.GRPCWeb.Validate(); err != nil {
 		return fmt.Errorf("grpc_web.%w", err)
 	}
+	// grpc-go's server takes no other protocol on its TLS connections,
+	// and browsers speak HTTP/2 there (ALPN): only the relay diverts it.
+	if c.GRPCWeb.Enabled && c.ListenTLS.Enabled() && c.Proxy.Engine == proxycfg.EngineGRPC {
+		return errors.New("grpc_web.enabled: gRPC-Web with listen_tls needs the relay engine (proxy.engine: relay, the default); the grpc engine serves gRPC-Web over plaintext HTTP/1.1 only")
+	}
 	// An edge listener without TLS is a choice to make on purpose.
 	if host, _, err := net.SplitHostPort(c.Listen); err == nil && !c.ListenTLS.Enabled() && !c.ListenPlaintext && !isLoopback(host) {
 		return fmt.Errorf("listen: %q is not a loopback address and listen_tls is not set; set listen_tls.cert_file and key_file, or listen_plaintext: true (-listen-plaintext) to serve plaintext h2c on purpose", c.Listen)

@@ -46,6 +46,7 @@ func TestBadConfigNamesTheField(t *testing.T) {
 		{"admin: 10.1.2.3:9901\n", "admin_public"},
 		{"routes:\n- {service: grpc.reflection.v1.ServerReflection, backends: ['h:1']}\n", "routes[0].service: grpc.reflection.v1.ServerReflection is served by the gateway itself"},
 		{"grpc_web:\n  enabled: true\n  allowed_origins: ['https://a.example', 'a.example']\n", "grpc_web.allowed_origins[1]"},
+		{"grpc_web: {enabled: true}\nproxy: {engine: grpc}\nlisten_tls: {cert_file: c, key_file: k}\n", "grpc_web.enabled: gRPC-Web with listen_tls needs the relay engine"},
 	}
 	for _, tc := range cases {
 		_, err := Parse([]byte(tc.yaml))

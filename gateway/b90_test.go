@@ -6,6 +6,7 @@ package gateway_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
@@ -21,6 +22,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/healthgate/healthgate/config"
+	"github.com/healthgate/healthgate/example/democa"
+	"github.com/healthgate/healthgate/gateway"
 	"github.com/healthgate/healthgate/grpcweb/grpcwebcfg"
 	"github.com/healthgate/healthgate/internal/testutil"
 	"github.com/healthgate/healthgate/proxy/proxycfg"
@@ -30,8 +33,10 @@ import (
 type webClient struct {
 	c    *http.Client
 	addr string
-	// h2 is HTTP/2 without TLS (prior knowledge), else HTTP/1.1.
+	// h2 is HTTP/2 (without TLS: prior knowledge), else HTTP/1.1.
 	h2 bool
+	// scheme is http unless set.
+	scheme string
 }
 
 func newWebClient(t *testing.T, addr string, h2 bool) *webClient {
@@ -99,7 +104,11 @@ func (w *webClient) call(t *testing.T, method string, text bool, msgs [][]byte, 
 // raw sends body as it is.
 func (w *webClient) raw(t *testing.T, httpMethod, method, ct string, body []byte, hdr map[string]string) webAnswer {
 	t.Helper()
-	req, err := http.NewRequest(httpMethod, "http://"+w.addr+method, bytes.NewReader(body))
+	scheme := "http"
+	if w.scheme != "" {
+		scheme = w.scheme
+	}
+	req, err := http.NewRequest(httpMethod, scheme+"://"+w.addr+method, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -522,6 +531,52 @@ func TestB90_SlowAndBrokenHTTP1Clients(t *testing.T) {
 		}
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("silent connection cut after %v, want about the 300ms handshake timeout", d)
+		}
+	})
+}
+
+// TestB90_HTTP2OverTLSThroughTheRelay: with TLS on the listener, browsers
+// speak HTTP/2 (ALPN h2), which the relay diverts to the bridge; the
+// bridge's own connection to the relay is in memory, without TLS.
+func TestB90_HTTP2OverTLSThroughTheRelay(t *testing.T) {
+	ca, err := democa.New("b90 test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := ca.WriteLeaf(t.TempDir(), "gateway", democa.Leaf{CommonName: "gateway", Hosts: []string{"127.0.0.1"}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		b := testutil.StartBackend(t)
+		cfg := config.Config{
+			Routes:    []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}},
+			GRPCWeb:   grpcwebcfg.Settings{Enabled: true},
+			ListenTLS: proxycfg.ListenTLS{CertFile: cert, KeyFile: key},
+		}
+		if e.name != proxycfg.EngineRelay {
+			// grpc-go's server would refuse gRPC-Web on its TLS
+			// connections: the config says so at once instead.
+			if _, err := gateway.New(e.config(cfg), nil); err == nil || !strings.Contains(err.Error(), "needs the relay engine") {
+				t.Fatalf("gRPC-Web with TLS on the %s engine: New gave %v, want the config refused", e.name, err)
+			}
+			// The engine was tried, with the answer it must give.
+			e.started.Add(1)
+			return
+		}
+		h := e.start(t, cfg)
+		h.routable(t, testutil.TestService, 1)
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}, ForceAttemptHTTP2: true, DisableCompression: true}
+		t.Cleanup(tr.CloseIdleConnections)
+		wc := &webClient{c: &http.Client{Transport: tr, Timeout: 20 * time.Second}, addr: h.addr, h2: true, scheme: "https"}
+		for _, text := range []bool{false, true} {
+			a := wc.call(t, "/test.Svc/Echo", text, [][]byte{[]byte("over tls")}, nil)
+			if a.code(t) != codes.OK || len(a.messages) != 1 || string(a.messages[0]) != "over tls" {
+				t.Fatalf("%s over TLS: %q %q", modeName(text), a.trailers, a.messages)
+			}
+			if c := b.NextCall(t); len(c.MD.Get("x-forwarded-for")) != 1 || c.MD.Get("x-forwarded-for")[0] != "127.0.0.1" {
+				t.Errorf("backend saw x-forwarded-for %q, want [127.0.0.1]", c.MD.Get("x-forwarded-for"))
+			}
 		}
 	})
 }
