@@ -589,62 +589,60 @@ func TestB90_StreamInFlightOutlivesTheDrain(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *engine) {
 		b := testutil.StartBackend(t)
 		h := e.webGateway(t, b, grpcwebcfg.Settings{}, proxycfg.Settings{})
-		{
-			wc := newWebClient(t, h.addr, false)
-			pr, pw := io.Pipe()
-			req, err := http.NewRequest(http.MethodPost, "http://"+h.addr+"/test.Svc/Echo", pr)
-			if err != nil {
-				t.Fatal(err)
+		wc := newWebClient(t, h.addr, false)
+		pr, pw := io.Pipe()
+		req, err := http.NewRequest(http.MethodPost, "http://"+h.addr+"/test.Svc/Echo", pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/grpc-web+proto")
+		done := make(chan struct{})
+		var resp *http.Response
+		var rerr error
+		go func() {
+			defer close(done)
+			resp, rerr = wc.c.Do(req)
+		}()
+		if _, err := pw.Write(frame(0, []byte("one"))); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no response headers within 10s of the first message")
+		}
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		defer resp.Body.Close()
+		first := make([]byte, 8)
+		if _, err := io.ReadFull(resp.Body, first); err != nil || string(first[5:]) != "one" {
+			t.Fatalf("first echo: %q, %v", first, err)
+		}
+		h.stop()
+		testutil.WaitFor(t, 10*time.Second, "the listener to close", func() bool {
+			c, err := net.Dial("tcp", h.addr)
+			if err == nil {
+				c.Close()
 			}
-			req.Header.Set("Content-Type", "application/grpc-web+proto")
-			done := make(chan struct{})
-			var resp *http.Response
-			var rerr error
-			go func() {
-				defer close(done)
-				resp, rerr = wc.c.Do(req)
-			}()
-			if _, err := pw.Write(frame(0, []byte("one"))); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				t.Fatal("no response headers within 10s of the first message")
-			}
-			if rerr != nil {
-				t.Fatal(rerr)
-			}
-			defer resp.Body.Close()
-			first := make([]byte, 8)
-			if _, err := io.ReadFull(resp.Body, first); err != nil || string(first[5:]) != "one" {
-				t.Fatalf("first echo: %q, %v", first, err)
-			}
-			h.stop()
-			testutil.WaitFor(t, 10*time.Second, "the listener to close", func() bool {
-				c, err := net.Dial("tcp", h.addr)
-				if err == nil {
-					c.Close()
-				}
-				return err != nil
-			})
-			if _, err := pw.Write(frame(0, []byte("two"))); err != nil {
-				t.Fatal(err)
-			}
-			pw.Close()
-			rest, err := io.ReadAll(resp.Body)
-			if err != nil {
-				t.Fatalf("rest of the answer: %v", err)
-			}
-			want := append(frame(0, []byte("two")), []byte("\x80\x00\x00\x00\x10grpc-status: 0\r\n")...)
-			if !bytes.Equal(rest, want) {
-				t.Fatalf("rest of the answer %q, want the second echo and status 0: %q", rest, want)
-			}
-			select {
-			case <-h.done:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the gateway did not stop within 10s of the call's end")
-			}
+			return err != nil
+		})
+		if _, err := pw.Write(frame(0, []byte("two"))); err != nil {
+			t.Fatal(err)
+		}
+		pw.Close()
+		rest, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("rest of the answer: %v", err)
+		}
+		want := append(frame(0, []byte("two")), []byte("\x80\x00\x00\x00\x10grpc-status: 0\r\n")...)
+		if !bytes.Equal(rest, want) {
+			t.Fatalf("rest of the answer %q, want the second echo and status 0: %q", rest, want)
+		}
+		select {
+		case <-h.done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the gateway did not stop within 10s of the call's end")
 		}
 	})
 }
