@@ -9,6 +9,9 @@
 // protocols, so messages pass without being parsed beyond their 5-byte
 // prefixes, which are checked against the request size limit as they go
 // by. Nothing a client sends is held longer than one read.
+//
+// Split tells the connections of a listener apart by their first bytes,
+// so that gRPC-Web over HTTP/1.1 can share the port with HTTP/2.
 package grpcweb
 
 import (
@@ -62,11 +65,6 @@ func New(cfg Config) (*Bridge, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Bridge{cfg: cfg, cors: newCORS(cfg.AllowedOrigins), log: cfg.Logger.With("component", "grpcweb")}, nil
-}
-
-// IsGRPCWeb reports whether a request's content type is gRPC-Web's.
-func IsGRPCWeb(contentType string) bool {
-	return strings.HasPrefix(contentType, "application/grpc-web")
 }
 
 // webType is what a gRPC-Web content type says.
