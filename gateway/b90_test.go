@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -643,6 +644,37 @@ func TestB90_StreamInFlightOutlivesTheDrain(t *testing.T) {
 		case <-h.done:
 		case <-time.After(10 * time.Second):
 			t.Fatal("the gateway did not stop within 10s of the call's end")
+		}
+	})
+}
+
+// TestB90_CountedOnceInMetrics: a gRPC-Web call is one call in the
+// metrics, whichever way it came: the engine's own observer counts the
+// translated call, and the relay's diversion of an HTTP/2 one is not a
+// second.
+func TestB90_CountedOnceInMetrics(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		b := testutil.StartBackend(t)
+		h := e.webGateway(t, b, grpcwebcfg.Settings{}, proxycfg.Settings{})
+		admin := httptest.NewServer(h.g.AdminHandler())
+		t.Cleanup(admin.Close)
+		calls := 0
+		for _, h2 := range webVersions(e) {
+			wc := newWebClient(t, h.addr, h2)
+			for _, text := range []bool{false, true} {
+				if a := wc.call(t, "/test.Svc/Echo", text, [][]byte{[]byte("x")}, nil); a.code(t) != codes.OK {
+					t.Fatalf("call: %q", a.trailers)
+				}
+				calls++
+			}
+		}
+		// The observer is told of a call's end before its client is.
+		mfs := scrape(t, admin)
+		if got := sample(t, mfs, "healthgate_proxy_handled_total", "grpc_service", "test.Svc", "grpc_method", "Echo", "grpc_code", "OK"); got != float64(calls) {
+			t.Fatalf("handled_total for Echo OK = %v after %d gRPC-Web calls", got, calls)
+		}
+		if got := sample(t, mfs, "healthgate_proxy_in_flight"); got != 0 {
+			t.Fatalf("in_flight = %v with no call in flight", got)
 		}
 	})
 }
