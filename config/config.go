@@ -21,6 +21,7 @@ import (
 	"github.com/healthgate/healthgate/grpcweb/grpcwebcfg"
 	"github.com/healthgate/healthgate/healthcheck/healthcheckcfg"
 	"github.com/healthgate/healthgate/proxy/proxycfg"
+	"github.com/healthgate/healthgate/tracing/tracingcfg"
 )
 
 // Config is the whole file. Every field is optional; the zero value of each
@@ -62,6 +63,9 @@ type Config struct {
 	Reflection Reflection `yaml:"reflection"`
 	// GRPCWeb serves gRPC-Web on the listener; grpcweb owns it.
 	GRPCWeb grpcwebcfg.Settings `yaml:"grpc_web"`
+	// Tracing exports a span per proxied call and per backend attempt over
+	// OTLP; tracing owns it. Off unless otlp_endpoint is set.
+	Tracing tracingcfg.Config `yaml:"tracing"`
 }
 
 // Reflection: the gateway serves grpc.reflection.v1 and v1alpha itself,
@@ -317,6 +321,9 @@ func (c *Config) Validate() error {
 	// and browsers speak HTTP/2 there (ALPN): only the relay diverts it.
 	if c.GRPCWeb.Enabled && c.ListenTLS.Enabled() && c.Proxy.Engine == proxycfg.EngineGRPC {
 		return errors.New("grpc_web.enabled: gRPC-Web with listen_tls needs the relay engine (proxy.engine: relay, the default); the grpc engine serves gRPC-Web over plaintext HTTP/1.1 only")
+	}
+	if err := c.Tracing.Validate(); err != nil {
+		return fmt.Errorf("tracing.%w", err)
 	}
 	// An edge listener without TLS is a choice to make on purpose.
 	if host, _, err := net.SplitHostPort(c.Listen); err == nil && !c.ListenTLS.Enabled() && !c.ListenPlaintext && !isLoopback(host) {
