@@ -45,6 +45,7 @@ import (
 	"github.com/healthgate/healthgate/proxy/proxycfg"
 	"github.com/healthgate/healthgate/reflectsvc"
 	"github.com/healthgate/healthgate/register"
+	"github.com/healthgate/healthgate/tracing"
 )
 
 // Version is reported in the user-agent of backend connections.
@@ -75,6 +76,9 @@ type Gateway struct {
 	reflection *reflectsvc.Service
 	// web serves gRPC-Web; nil unless grpc_web.enabled.
 	web *web
+	// tracer exports the calls' spans while Run runs; nil when tracing is
+	// off.
+	tracer *tracing.Tracer
 
 	// listening is true while the listener accepts calls.
 	listening atomic.Bool
@@ -134,7 +138,16 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	px, err := proxy.New(proxy.Config{Settings: cfg.Proxy, Observer: g.metrics, ListenTLS: listenTLS}, picker{g.bal, &g.policies}, logger)
+	pcfg := proxy.Config{Settings: cfg.Proxy, Observer: g.metrics, ListenTLS: listenTLS}
+	if g.tracer, err = tracing.New(cfg.Tracing); err != nil {
+		return nil, err
+	}
+	if g.tracer != nil {
+		// Set only when on: a nil *Tracer in the interface would not be
+		// nil to the proxy.
+		pcfg.Tracer = g.tracer
+	}
+	px, err := proxy.New(pcfg, picker{g.bal, &g.policies}, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -551,6 +564,12 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 	if g.web != nil {
 		g.web.start(runCtx, g.log)
 	}
+	if g.tracer != nil {
+		if err := g.tracer.Start(runCtx); err != nil {
+			// Not fatal: the gateway serves its clients either way.
+			g.log.Error("tracing is off: the exporter did not start", "err", err)
+		}
+	}
 	checkDone := make(chan error, 1)
 	go func() {
 		checkDone <- g.checker.Run(runCtx, g.source, g.publish)
@@ -648,6 +667,14 @@ func (g *Gateway) Run(ctx context.Context, lis net.Listener) error {
 		g.web.close()
 	}
 	<-connectDone
+	if g.tracer != nil {
+		// Every call has ended: their spans are sent before Run returns.
+		tctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if terr := g.tracer.Shutdown(tctx); terr != nil {
+			g.log.Warn("tracing: spans not exported at shutdown", "err", terr)
+		}
+		cancel()
+	}
 	if cerr := <-checkDone; err == nil {
 		err = cerr
 	}

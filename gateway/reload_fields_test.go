@@ -61,6 +61,26 @@ func change(t *testing.T, v reflect.Value, backend string) {
 		default:
 			v.Set(reflect.Append(v, reflect.ValueOf(config.Route{Service: "more.Svc", Backends: []string{backend}})))
 		}
+	case reflect.Pointer:
+		n := reflect.New(v.Type().Elem())
+		if !v.IsNil() {
+			n.Elem().Set(v.Elem())
+		}
+		change(t, n.Elem(), backend)
+		v.Set(n)
+	case reflect.Float64:
+		v.SetFloat(v.Float()/2 + 0.25)
+	case reflect.Map:
+		m := reflect.MakeMap(v.Type())
+		for it := v.MapRange(); it.Next(); {
+			m.SetMapIndex(it.Key(), it.Value())
+		}
+		k := reflect.New(v.Type().Key()).Elem()
+		change(t, k, backend)
+		e := reflect.New(v.Type().Elem()).Elem()
+		change(t, e, backend)
+		m.SetMapIndex(k, e)
+		v.Set(m)
 	default:
 		t.Fatalf("no way to change a %s", v.Type())
 	}

@@ -266,6 +266,12 @@ func (m *Metrics) CallFinished(c proxy.CallInfo) {
 		if c.ClientIdentity != "" {
 			attrs = append(attrs, "client", c.ClientIdentity)
 		}
+		if c.Peer != nil {
+			attrs = append(attrs, "peer", c.Peer.String())
+		}
+		if c.TraceID != "" {
+			attrs = append(attrs, "trace_id", c.TraceID)
+		}
 		m.access.Info("rpc", attrs...)
 	}
 }

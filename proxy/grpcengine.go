@@ -48,15 +48,22 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 	if p.identity {
 		info.ClientIdentity = clientIdentity(ctx)
 	}
+	reqMD, from := requestMD(ctx)
+	tr := p.startTrace(method, mdHeaders(reqMD), from)
 	finish := func(err error) error {
+		tr.end(info.Route, status.Code(err))
 		if obs != nil {
 			info.Code, info.Duration = status.Code(err), time.Since(arrived)
+			var tp string
+			if v := reqMD[traceparentKey]; len(v) > 0 {
+				tp = v[0]
+			}
+			info.TraceID, info.Peer = tr.traceID(tp), from
 			obs.CallFinished(info)
 		}
 		return err
 	}
 
-	reqMD, from := requestMD(ctx)
 	rt, err := p.picker.Route(method, mdHeaders(reqMD))
 	if err != nil {
 		st := pickStatus(err)
@@ -104,7 +111,8 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 			opts = append(opts[:len(opts):len(opts)], grpc.CallContentSubtype(sub))
 		}
 	}
-	outCtx := metadata.NewOutgoingContext(ctx, outgoingMD(reqMD, from, p.trusted))
+	outMD := outgoingMD(reqMD, from, p.trusted)
+	outCtx := metadata.NewOutgoingContext(ctx, outMD)
 
 	var (
 		tried []Upstream
@@ -146,9 +154,10 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 		}
 		info.Attempts++
 		info.Upstream = up.Addr()
+		tr.attempt(rt.Name, up, info.Attempts-1)
 		gu, ok := up.(grpcUpstream)
 		if !ok {
-			up.Done(Outcome{Code: codes.Internal, Origin: Local})
+			tr.done(up, Outcome{Code: codes.Internal, Origin: Local})
 			release()
 			return finish(status.Errorf(codes.Internal, "healthgate: upstream %s cannot carry grpc streams", up.Addr()))
 		}
@@ -158,6 +167,9 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 				cancelTry()
 			}
 			attemptCtx, cancelTry = attemptContext(outCtx)
+		}
+		if tr.att != nil {
+			attemptCtx = metadata.NewOutgoingContext(attemptCtx, tr.outgoingMD(outMD))
 		}
 		// A refused attempt needs no cancelling: its stream was never
 		// opened, or has already ended with the refusal. One that may be
@@ -172,7 +184,7 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 				// The request grew past what is kept while the call waited
 				// for this attempt: it can no longer be sent whole.
 				cancelTry()
-				up.Done(Outcome{Code: codes.Canceled, Origin: FromClient})
+				tr.done(up, Outcome{Code: codes.Canceled, Origin: FromClient})
 				release()
 				return finish(status.Errorf(codes.Unavailable, "healthgate: the call cannot be sent again: its request is larger than the %d bytes kept", keep))
 			}
@@ -212,13 +224,13 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 				info.RetryBudgetExhausted = rc.exhausted
 				if !ok {
 					if status.Code(herr) == codes.DeadlineExceeded && expired != nil && expired() {
-						up.Done(o)
+						tr.done(up, o)
 						release()
 						return finish(herr)
 					}
 					break
 				}
-				up.Done(o)
+				tr.done(up, o)
 				tried = append(tried, up)
 				info.Retries++
 				if !sleep(ctx, wait) {
@@ -237,12 +249,12 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 			err = herr
 		}
 		if ctx.Err() != nil {
-			up.Done(Outcome{Code: codes.Canceled, Origin: FromClient})
+			tr.done(up, Outcome{Code: codes.Canceled, Origin: FromClient})
 			release()
 			return finish(clientError(ctx, arrived, err))
 		}
 		// The backend never saw the call: another one may take it.
-		up.Done(Outcome{Code: codes.Unavailable, Origin: Local})
+		tr.done(up, Outcome{Code: codes.Unavailable, Origin: Local})
 		tried = append(tried, up)
 		if len(tried) >= p.cfg.MaxAttempts {
 			release()
@@ -256,7 +268,7 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 
 	var n byteCounts
 	o, err := p.forward(ctx, ss, cs, md, herr, arrived, &n)
-	up.Done(o)
+	tr.done(up, o)
 	info.RequestBytes, info.ResponseBytes = pump.bytes.Load(), n.resp
 	return finish(err)
 }
@@ -322,6 +334,16 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// outgoingMD is md with the attempt's trace context in place of the
+// client's: a copy, since an earlier attempt's stream may still read md.
+func (t *callTrace) outgoingMD(md metadata.MD) metadata.MD {
+	md = md.Copy()
+	delete(md, traceparentKey)
+	delete(md, tracestateKey)
+	t.att.Propagate(func(k, v string) { md[k] = []string{v} })
+	return md
 }
 
 // mdHeaders are grpc metadata as a Picker reads them.

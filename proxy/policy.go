@@ -28,6 +28,8 @@ var dropped = [...]string{":authority", "user-agent", "grpc-accept-encoding", "g
 // called; both replace what the client sent unless the client is a
 // trusted proxy, whose own values are kept (and appended to).
 type forwardPolicy struct {
+	// peer is the client's address; nil when unknown.
+	peer    net.Addr
 	trusted bool
 	// clientHost is the client's IP when known (hasClient).
 	clientHost string
@@ -37,9 +39,9 @@ type forwardPolicy struct {
 // policyFor is the policy for a client at from (nil when unknown).
 func policyFor(from net.Addr, trusted []netip.Prefix) forwardPolicy {
 	if _, ok := from.(internalAddr); ok {
-		return forwardPolicy{trusted: true}
+		return forwardPolicy{peer: from, trusted: true}
 	}
-	fp := forwardPolicy{trusted: isTrusted(from, trusted)}
+	fp := forwardPolicy{peer: from, trusted: isTrusted(from, trusted)}
 	if from != nil {
 		host := from.String()
 		if h, _, err := net.SplitHostPort(host); err == nil {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/netip"
 	"time"
 
@@ -105,6 +106,12 @@ type CallInfo struct {
 	// ClientIdentity is what the client's verified TLS certificate says it
 	// is (URI SAN, else DNS SAN, else common name); empty without one.
 	ClientIdentity string
+	// TraceID is the call's trace ID in hex: its span's when the call is
+	// traced, else the one of the traceparent the client sent, if valid;
+	// empty otherwise.
+	TraceID string
+	// Peer is the client's address; nil when unknown.
+	Peer net.Addr
 }
 
 // Headers are a call's request headers as a Picker may read them.
@@ -164,6 +171,8 @@ type Config struct {
 	Settings
 	// Observer, if set, is told of every call.
 	Observer Observer
+	// Tracer, if set, traces every call; nil costs the calls nothing.
+	Tracer Tracer
 	// ListenTLS, if set, terminates TLS on the listener (ALPN h2 is added).
 	ListenTLS *tls.Config
 	// MaxAttempts bounds how many backends one call is sent to when a

@@ -86,9 +86,13 @@ type relayCall struct {
 	unrouted bool
 	// web: a gRPC-Web call (or its CORS preflight), relayed as it is to
 	// the gateway's bridge, which calls the gateway back with it as gRPC:
-	// limits, deadline, retries and the observer apply to that call, not
-	// to this one.
+	// limits, deadline, retries, the observer and tracing apply to that
+	// call, not to this one.
 	web bool
+	// trace is the call's trace; clientTP the traceparent the client
+	// sent, for the access log of a call not traced.
+	trace    callTrace
+	clientTP string
 
 	// rc is the call's retries; keep holds the request bytes sent so far
 	// while a retry may need them.
@@ -535,12 +539,17 @@ func (r *Relay) startCall(s *h2.Stream, f *http2.MetaHeadersFrame, policy forwar
 		return
 	}
 	if svc, ok := serviceOf(call.method); ok && r.local[svc] != nil {
+		// The gateway's own services are not traced: they are not
+		// proxied, and health checks would drown the traces.
 		call.local = r.local[svc]
-	} else if call.route, err = r.p.picker.Route(call.method, frameHeaders{f}); err != nil {
-		st := pickStatus(err)
-		call.unrouted = st.Code() == codes.Unimplemented
-		call.fail(st.Code(), st.Message(), nil, Local)
-		return
+	} else {
+		call.trace = r.p.startTrace(call.method, frameHeaders{f}, policy.peer)
+		if call.route, err = r.p.picker.Route(call.method, frameHeaders{f}); err != nil {
+			st := pickStatus(err)
+			call.unrouted = st.Code() == codes.Unimplemented
+			call.fail(st.Code(), st.Message(), nil, Local)
+			return
+		}
 	}
 	if r.p.limitsDeadline(&call.route) {
 		timeout, hasTimeout, call.capped = r.p.callTimeout(&call.route, timeout, hasTimeout)
@@ -603,6 +612,8 @@ func (r *Relay) outgoing(f *http2.MetaHeadersFrame, call *relayCall, timeout tim
 				out = append(out, hf)
 			}
 			continue
+		case traceparentKey:
+			call.clientTP = hf.Value
 		}
 		if !call.policy.keep(hf.Name) {
 			continue
@@ -637,6 +648,7 @@ func (c *relayCall) open(reader *h2.Stream) {
 			return
 		}
 		c.attempts++
+		c.trace.attempt(c.route.Name, up, c.attempts-1)
 		ru, ok := up.(RelayUpstream)
 		var conn *h2.Conn
 		if ok {
@@ -647,6 +659,9 @@ func (c *relayCall) open(reader *h2.Stream) {
 			if c.attempts > 1 {
 				// The first attempt's list may still be the writer's.
 				fields = slices.Clone(fields)
+			}
+			if c.trace.att != nil {
+				fields = c.trace.fields(fields)
 			}
 			if !c.web {
 				fields[3].Value = up.Addr()
@@ -680,13 +695,27 @@ func (c *relayCall) open(reader *h2.Stream) {
 			}
 		}
 		// Not accepted: the stream never reached the backend.
-		up.Done(Outcome{Code: codes.Unavailable, Origin: Local})
+		c.trace.done(up, Outcome{Code: codes.Unavailable, Origin: Local})
 		c.tried = append(c.tried, up)
 		if c.attempts >= r.p.cfg.MaxAttempts {
 			c.failLocked(codes.Unavailable, fmt.Sprintf("healthgate: no connection to backend %s", up.Addr()), nil, Local)
 			return
 		}
 	}
+}
+
+// fields is the header list fs with the attempt's trace context in place
+// of the client's: a new list, since an earlier attempt's may still be the
+// writer's.
+func (t *callTrace) fields(fs []hpack.HeaderField) []hpack.HeaderField {
+	out := make([]hpack.HeaderField, 0, len(fs)+2)
+	for _, hf := range fs {
+		if hf.Name != traceparentKey && hf.Name != tracestateKey {
+			out = append(out, hf)
+		}
+	}
+	t.att.Propagate(func(k, v string) { out = append(out, hpack.HeaderField{Name: k, Value: v}) })
+	return out
 }
 
 // frameHeaders are a request's HEADERS as a Picker reads them.
@@ -980,7 +1009,7 @@ func (h backendSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
 	if !c.answered && !c.sentReq && code == http2.ErrCodeRefusedStream {
 		// The backend never processed the stream, and nothing of the
 		// request is lost: another backend can take it.
-		c.up.Done(Outcome{Code: codes.Unavailable, Origin: Local})
+		c.trace.done(c.up, Outcome{Code: codes.Unavailable, Origin: Local})
 		c.tried = append(c.tried, c.up)
 		c.backend, c.up = nil, nil
 		if c.attempts < c.r.p.cfg.MaxAttempts {
@@ -1173,13 +1202,15 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 		c.reqPending = 0
 	}
 	if c.up != nil {
-		c.up.Done(Outcome{Code: code, Origin: origin})
+		c.trace.done(c.up, Outcome{Code: code, Origin: origin})
 	}
+	c.trace.end(c.route.Name, code)
 	if obs := c.r.p.cfg.Observer; obs != nil && !c.web {
 		info := CallInfo{
 			FullMethod: c.method, Routed: !c.unrouted, Route: c.route.Name, Code: code, Duration: time.Since(c.start),
 			RequestBytes: c.reqBytes, ResponseBytes: c.respBytes, Attempts: c.attempts,
 			ClientIdentity: c.tlsID, Retries: c.rc.retried, RetryBudgetExhausted: c.rc.exhausted,
+			TraceID: c.trace.traceID(c.clientTP), Peer: c.policy.peer,
 		}
 		if c.up != nil {
 			info.Upstream = c.up.Addr()
@@ -1197,7 +1228,7 @@ func (c *relayCall) finishLocked(code codes.Code, _ string, origin Origin) {
 // retry not happen.
 func (c *relayCall) retryLocked(wait time.Duration, o Outcome, held []hpack.HeaderField, code codes.Code, msg string) {
 	c.stopTryLocked()
-	c.up.Done(o)
+	c.trace.done(c.up, o)
 	c.tried = append(c.tried, c.up)
 	old := c.backend
 	c.backend, c.up = nil, nil
