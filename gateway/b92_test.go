@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -473,4 +474,29 @@ func TestB92_AccessLogHasTraceAndPeer(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestB92_TracingChangeNeedsRestart: a reload that changes the tracing:
+// section is reported as needing a restart, and the running gateway keeps
+// tracing as it was started.
+func TestB92_TracingChangeNeedsRestart(t *testing.T) {
+	rcv := testutil.StartOTLPReceiver(t)
+	be := testutil.StartBackend(t)
+	h := startGateway(t, config.Config{
+		Routes:  []config.Route{{Service: testutil.TestService, Backends: []string{be.Addr}}},
+		Tracing: tracingConfig(rcv, nil),
+	})
+	h.routable(t, testutil.TestService, 1)
+	next := h.g.Config()
+	zero := 0.0
+	next.Tracing.SampleRatio = &zero
+	restart, err := h.g.Reload(next)
+	if err != nil || !slices.Contains(restart, "tracing") {
+		t.Fatalf("Reload with another sample_ratio: needs restart %v, %v; want tracing named", restart, err)
+	}
+	cc := testutil.Dial(t, h.addr)
+	if _, err := testutil.Unary(ctxT(t), cc, "/test.Svc/Echo", []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the call's spans, sampled by the ratio in force", func() bool { return len(rcv.Spans()) == 2 })
 }

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
@@ -66,9 +67,11 @@ type Tracer struct {
 	// Start and after Shutdown, when calls are not traced.
 	tracer atomic.Pointer[trace.Tracer]
 
-	mu sync.Mutex // guards provider
-	// provider owns the exporter and the batch span processor's goroutine.
+	mu sync.Mutex // guards the fields below
+	// provider owns the batch span processor's goroutine, exporter the
+	// OTLP connection.
 	provider *sdktrace.TracerProvider
+	exporter sdktrace.SpanExporter
 }
 
 var _ proxy.Tracer = (*Tracer)(nil)
@@ -131,24 +134,36 @@ func (t *Tracer) Start(ctx context.Context) error {
 		_ = tp.Shutdown(ctx)
 		return errors.New("tracing: started twice")
 	}
-	t.provider = tp
+	t.provider, t.exporter = tp, exp
 	tr := tp.Tracer("github.com/healthgate/healthgate/tracing")
 	t.tracer.Store(&tr)
 	return nil
 }
 
 // Shutdown stops tracing new calls, sends the spans not yet exported
-// within ctx, and stops the exporter and its goroutines.
+// within ctx, and stops the exporter and its goroutines, also when the
+// collector does not answer: an export still retrying when ctx ends is
+// abandoned.
 func (t *Tracer) Shutdown(ctx context.Context) error {
 	t.tracer.Store(nil)
 	t.mu.Lock()
-	tp := t.provider
-	t.provider = nil
+	tp, exp := t.provider, t.exporter
+	t.provider, t.exporter = nil, nil
 	t.mu.Unlock()
 	if tp == nil {
 		return nil
 	}
-	if err := tp.Shutdown(ctx); err != nil {
+	// The provider's own Shutdown stops waiting when ctx ends but leaves
+	// its goroutine in an export that retries for up to export_timeout:
+	// the exporter is stopped first, which ends such an export at once.
+	ferr := tp.ForceFlush(ctx)
+	eerr := exp.Shutdown(ctx)
+	// With the exporter stopped, what is left fails at once: this waits
+	// only for the processor's goroutine to return.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	serr := tp.Shutdown(sctx)
+	if err := errors.Join(ferr, eerr, serr); err != nil {
 		return fmt.Errorf("tracing: shutdown: %w", err)
 	}
 	return nil
