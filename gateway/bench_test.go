@@ -8,6 +8,7 @@ import (
 	"github.com/healthgate/healthgate/internal/gatewaytest"
 	"github.com/healthgate/healthgate/internal/testutil"
 	"github.com/healthgate/healthgate/proxy/proxycfg"
+	"github.com/healthgate/healthgate/tracing/tracingcfg"
 )
 
 // BenchmarkEngines makes unary calls of 100 bytes through a whole gateway
@@ -16,7 +17,7 @@ import (
 // -benchmem, what it allocates. make bench measures the same against other
 // proxies, each in its own process.
 func BenchmarkEngines(b *testing.B) {
-	for _, eng := range []string{proxycfg.EngineGRPC, proxycfg.EngineRelay, policyEngine} {
+	for _, eng := range []string{proxycfg.EngineGRPC, proxycfg.EngineRelay, policyEngine, tracingEngine} {
 		b.Run(eng, func(b *testing.B) {
 			backend := testutil.StartBackend(b)
 			stop := make(chan struct{})
@@ -33,8 +34,14 @@ func BenchmarkEngines(b *testing.B) {
 			}()
 			cfg := config.Config{Routes: []config.Route{{Service: testutil.TestService, Backends: []string{backend.Addr}}}}
 			cfg.Proxy.Engine = eng
-			if eng == policyEngine {
+			switch eng {
+			case policyEngine:
 				cfg = policyConfig(b, backend.Addr)
+			case tracingEngine:
+				// Every call recorded and exported to a receiver in this
+				// process: what tracing costs when on.
+				cfg.Proxy.Engine = proxycfg.EngineRelay
+				cfg.Tracing = tracingcfg.Config{OTLPEndpoint: testutil.StartOTLPReceiver(b).Addr, Insecure: true}
 			}
 			g := gatewaytest.Start(b, cfg, nil)
 			g.WaitRoutable(b, testutil.TestService, 1)
@@ -55,6 +62,9 @@ func BenchmarkEngines(b *testing.B) {
 		})
 	}
 }
+
+// tracingEngine is the relay with tracing on, every call sampled.
+const tracingEngine = "relay-tracing"
 
 // policyEngine is the relay with every traffic policy of the route on, set
 // so that none triggers on healthy calls but each runs its code on every
