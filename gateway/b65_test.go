@@ -12,6 +12,7 @@ import (
 
 	"github.com/healthgate/healthgate/config"
 	"github.com/healthgate/healthgate/internal/testutil"
+	"github.com/healthgate/healthgate/tracing/tracingcfg"
 )
 
 // lockedBuffer is a log sink that goroutines may share.
@@ -32,9 +33,10 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-// TestB65_NoSecretInLogsAdminOrErrors: the Consul ACL token reaches no log
-// line (debug included), no admin page and no error, through a normal run
-// and a Consul outage with its failing queries.
+// TestB65_NoSecretInLogsAdminOrErrors: the Consul ACL token (also the
+// tracing collector's API key) reaches no log line (debug included), no
+// admin page and no error, through a normal run and a Consul outage with
+// its failing queries.
 func TestB65_NoSecretInLogsAdminOrErrors(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *engine) {
 		const token = "b65-s3cret-token-6f1d2c"
@@ -46,6 +48,8 @@ func TestB65_NoSecretInLogsAdminOrErrors(t *testing.T) {
 		cfg := consulCfg(c.Addr)
 		cfg.Consul.Token = token
 		cfg.Log.Access = true
+		// The collector's API key is a secret too.
+		cfg.Tracing = tracingcfg.Config{OTLPEndpoint: testutil.StartOTLPReceiver(t).Addr, Insecure: true, Headers: map[string]string{"x-api-key": token}}
 		h := e.startLog(t, cfg, logger)
 		h.routable(t, testutil.TestService, 1)
 		srv := adminServer(t, h)
