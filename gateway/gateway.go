@@ -139,7 +139,7 @@ func New(cfg config.Config, logger *slog.Logger) (*Gateway, error) {
 		return nil, err
 	}
 	pcfg := proxy.Config{Settings: cfg.Proxy, Observer: g.metrics, ListenTLS: listenTLS}
-	if g.tracer, err = tracing.New(cfg.Tracing); err != nil {
+	if g.tracer, err = tracing.New(cfg.Tracing, logger); err != nil {
 		return nil, err
 	}
 	if g.tracer != nil {

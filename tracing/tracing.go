@@ -21,6 +21,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -63,6 +64,7 @@ const (
 type Tracer struct {
 	cfg  Config
 	opts []otlptracegrpc.Option
+	log  *slog.Logger
 	// tracer is the provider's tracer while the Tracer runs; nil before
 	// Start and after Shutdown, when calls are not traced.
 	tracer atomic.Pointer[trace.Tracer]
@@ -77,8 +79,9 @@ type Tracer struct {
 var _ proxy.Tracer = (*Tracer)(nil)
 
 // New returns a Tracer for cfg, or nil when cfg turns tracing off. It
-// starts nothing: Start does.
-func New(cfg Config) (*Tracer, error) {
+// starts nothing: Start does. Failed exports are logged to logger (nil for
+// none), once each time exporting starts or stops failing.
+func New(cfg Config, logger *slog.Logger) (*Tracer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
 	}
@@ -109,7 +112,10 @@ func New(cfg Config) (*Tracer, error) {
 		}
 		opts = append(opts, otlptracegrpc.WithTLSCredentials(credentials.NewTLS(tc)))
 	}
-	return &Tracer{cfg: cfg, opts: opts}, nil
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Tracer{cfg: cfg, opts: opts, log: logger.With("component", "tracing")}, nil
 }
 
 // Start begins exporting: from now on, calls are traced. Shutdown stops
@@ -122,9 +128,10 @@ func (t *Tracer) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("tracing: otlp exporter for %s: %w", t.cfg.OTLPEndpoint, err)
 	}
+	logged := &loggedExporter{SpanExporter: exp, log: t.log, endpoint: t.cfg.OTLPEndpoint}
 	res := resource.NewSchemaless(attribute.String("service.name", t.cfg.ServiceName))
 	tp := sdktrace.NewTracerProvider(
-		sdktrace.WithBatcher(exp, sdktrace.WithBatchTimeout(t.cfg.BatchTimeout), sdktrace.WithExportTimeout(t.cfg.ExportTimeout)),
+		sdktrace.WithBatcher(logged, sdktrace.WithBatchTimeout(t.cfg.BatchTimeout), sdktrace.WithExportTimeout(t.cfg.ExportTimeout)),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(t.cfg.Ratio()))),
 		sdktrace.WithResource(res),
 	)
@@ -165,6 +172,29 @@ func (t *Tracer) Shutdown(ctx context.Context) error {
 	serr := tp.Shutdown(sctx)
 	if err := errors.Join(ferr, eerr, serr); err != nil {
 		return fmt.Errorf("tracing: shutdown: %w", err)
+	}
+	return nil
+}
+
+// loggedExporter logs the exports that fail in the gateway's log, when
+// they start and stop failing, rather than each one; the SDK would report
+// each on stderr through OpenTelemetry's process-wide error handler.
+type loggedExporter struct {
+	sdktrace.SpanExporter
+	log      *slog.Logger
+	endpoint string
+	// failing: the last export failed. Exports run on the batch span
+	// processor's one goroutine, but ForceFlush may run one beside it.
+	failing atomic.Bool
+}
+
+func (e *loggedExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := e.SpanExporter.ExportSpans(ctx, spans)
+	switch {
+	case err != nil && !e.failing.Swap(true):
+		e.log.Warn("exporting spans failed; spans are dropped until the collector answers", "otlp_endpoint", e.endpoint, "spans", len(spans), "err", err)
+	case err == nil && e.failing.Swap(false):
+		e.log.Info("exporting spans works again", "otlp_endpoint", e.endpoint)
 	}
 	return nil
 }

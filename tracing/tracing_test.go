@@ -1,12 +1,17 @@
 package tracing
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 
@@ -22,13 +27,13 @@ func (h headers) Get(name string) string { return h[name] }
 // TestOffIsNil: a config without an endpoint gives no Tracer at all, and a
 // bad one is refused naming its field.
 func TestOffIsNil(t *testing.T) {
-	if tr, err := New(tracingcfg.Config{}); tr != nil || err != nil {
+	if tr, err := New(tracingcfg.Config{}, nil); tr != nil || err != nil {
 		t.Fatalf("New(zero) = %v, %v; want nil, nil", tr, err)
 	}
-	if _, err := New(tracingcfg.Config{OTLPEndpoint: "nohost"}); err == nil || !strings.Contains(err.Error(), "otlp_endpoint") {
+	if _, err := New(tracingcfg.Config{OTLPEndpoint: "nohost"}, nil); err == nil || !strings.Contains(err.Error(), "otlp_endpoint") {
 		t.Fatalf("New with a bad endpoint: %v, want an error naming otlp_endpoint", err)
 	}
-	if _, err := New(tracingcfg.Config{OTLPEndpoint: "h:4317", CAFile: "/nonexistent/ca.pem"}); err == nil || !strings.Contains(err.Error(), "ca_file") {
+	if _, err := New(tracingcfg.Config{OTLPEndpoint: "h:4317", CAFile: "/nonexistent/ca.pem"}, nil); err == nil || !strings.Contains(err.Error(), "ca_file") {
 		t.Fatalf("New with a missing CA file: %v, want an error naming ca_file", err)
 	}
 }
@@ -44,7 +49,8 @@ func TestTracesOnlyWhileRunning(t *testing.T) {
 	}
 	addr := lis.Addr().String()
 	lis.Close() // nobody listens: exports fail, which must not matter
-	tr, err := New(tracingcfg.Config{OTLPEndpoint: addr, Insecure: true})
+	var logs lockedBuffer
+	tr, err := New(tracingcfg.Config{OTLPEndpoint: addr, Insecure: true}, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,6 +88,57 @@ func TestTracesOnlyWhileRunning(t *testing.T) {
 	}
 	if cs := tr.StartCall("/a.S/M", h, nil); cs != nil {
 		t.Fatal("a call was traced after Shutdown")
+	}
+	if got := logs.String(); strings.Count(got, "exporting spans failed") != 1 || !strings.Contains(got, "component=tracing") {
+		t.Errorf("log %q, want the failed export logged once", got)
+	}
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// flakyExporter fails the exports while fail is set.
+type flakyExporter struct {
+	sdktrace.SpanExporter
+	fail bool
+}
+
+func (f *flakyExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error {
+	if f.fail {
+		return errors.New("collector down")
+	}
+	return nil
+}
+
+// TestExportFailuresLoggedOnChange: failing exports are logged when they
+// start failing and when they work again, not each time.
+func TestExportFailuresLoggedOnChange(t *testing.T) {
+	var logs lockedBuffer
+	inner := &flakyExporter{}
+	e := &loggedExporter{SpanExporter: inner, log: slog.New(slog.NewTextHandler(&logs, nil)), endpoint: "c:4317"}
+	for _, fail := range []bool{false, true, true, true, false, false, true} {
+		inner.fail = fail
+		if err := e.ExportSpans(context.Background(), nil); err != nil {
+			t.Fatalf("ExportSpans = %v, want nil: the failure is logged here, not handed to the SDK", err)
+		}
+	}
+	got := logs.String()
+	if n, m := strings.Count(got, "exporting spans failed"), strings.Count(got, "exporting spans works again"); n != 2 || m != 1 {
+		t.Errorf("%d failure lines and %d recovery lines, want 2 and 1:\n%s", n, m, got)
 	}
 }
 
