@@ -121,10 +121,9 @@ func New(cfg Config, logger *slog.Logger) (*Tracer, error) {
 // Start begins exporting: from now on, calls are traced. Shutdown stops
 // what it starts.
 func (t *Tracer) Start(ctx context.Context) error {
-	opts := t.opts
 	// The exporter dials lazily: a collector that is down costs failed
 	// exports, never a failed start.
-	exp, err := otlptracegrpc.New(ctx, opts...)
+	exp, err := otlptracegrpc.New(ctx, t.opts...)
 	if err != nil {
 		return fmt.Errorf("tracing: otlp exporter for %s: %w", t.cfg.OTLPEndpoint, err)
 	}
