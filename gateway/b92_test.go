@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/healthgate/healthgate/config"
+	"github.com/healthgate/healthgate/grpcweb/grpcwebcfg"
 	"github.com/healthgate/healthgate/internal/testutil"
 	"github.com/healthgate/healthgate/tracing/tracingcfg"
 )
@@ -499,4 +500,39 @@ func TestB92_TracingChangeNeedsRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, 10*time.Second, "the call's spans, sampled by the ratio in force", func() bool { return len(rcv.Spans()) == 2 })
+}
+
+// TestB92_GRPCWebCallsTracedOnce: a gRPC-Web call, which the gateway
+// bridges into a native call through the engine, is traced once, as that
+// call: one server span in the browser's trace, one client span, and one
+// traceparent at the backend, the attempt's.
+func TestB92_GRPCWebCallsTracedOnce(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *engine) {
+		rcv := testutil.StartOTLPReceiver(t)
+		b := testutil.StartBackend(t)
+		h := e.start(t, config.Config{
+			Routes:  []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}},
+			GRPCWeb: grpcwebcfg.Settings{Enabled: true},
+			Tracing: tracingConfig(rcv, nil),
+		})
+		h.routable(t, testutil.TestService, 1)
+		for _, h2 := range webVersions(e) {
+			t.Run(httpName(h2), func(t *testing.T) {
+				b.Drain()
+				tp, traceID, browserSpan := newTraceparent(true)
+				a := newWebClient(t, h.addr, h2).call(t, "/test.Svc/Echo", false, [][]byte{[]byte("x")}, map[string]string{"Traceparent": tp})
+				if a.code(t) != codes.OK {
+					t.Fatalf("call: %q", a.trailers)
+				}
+				server, clients := bySpanKind(t, rcv.WaitTrace(t, traceID, 2))
+				if parentSpanID(server) != browserSpan || len(clients) != 1 {
+					t.Fatalf("server span's parent %s, %d client spans; want the browser's span %s and 1", parentSpanID(server), len(clients), browserSpan)
+				}
+				_, parent, _ := parseTraceparent(t, onlyTraceparent(t, b.NextCall(t)))
+				if parent != spanID(clients[0]) {
+					t.Errorf("the backend's traceparent names parent %s, want the attempt's span %s", parent, spanID(clients[0]))
+				}
+			})
+		}
+	})
 }
