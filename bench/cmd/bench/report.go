@@ -279,7 +279,7 @@ func (r *report) renderHeadline(b *strings.Builder) {
 		{"Proxy CPU per RPC at c=50 as a ratio to HAProxy's (unary-c50)", cpuRatio("unary-c50", "haproxy")},
 		// The policies' cost is a question about one peer: the ratio of
 		// any other peer to healthgate-relay says nothing about it.
-		{"Proxy CPU per RPC with every traffic policy on, as a ratio to healthgate-relay's (unary-c50)", func(p string) (string, bool) {
+		{"Proxy CPU per RPC with retries and limits on, as a ratio to healthgate-relay's (unary-c50)", func(p string) (string, bool) {
 			if p != policyPeer {
 				return "", false
 			}

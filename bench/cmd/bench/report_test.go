@@ -117,7 +117,7 @@ func TestNegotiatedTLSNamesPeersThatDiffer(t *testing.T) {
 // the policy peer's column only, and only when both ran.
 func TestHeadlinePolicyCost(t *testing.T) {
 	w := workloadNamed(t, "unary-c50")
-	const line = "| Proxy CPU per RPC with every traffic policy on, as a ratio to healthgate-relay's (unary-c50) |"
+	const line = "| Proxy CPU per RPC with retries and limits on, as a ratio to healthgate-relay's (unary-c50) |"
 	rep := &report{
 		opts: options{mode: "full", reps: 3, peers: []string{"direct", "healthgate-relay", "healthgate-relay-policy", "haproxy"}, workloads: []workload{w}},
 		meta: map[string]any{},

@@ -9,8 +9,8 @@ import (
 
 // targetPeer is the peer the relay engine's acceptance targets are about;
 // targetRef is shown beside it for reference. policyPeer is the relay with
-// every traffic policy on, which the policies' target compares with
-// targetPeer.
+// a route's retries and limits on, which the policies' target compares
+// with targetPeer.
 const (
 	targetPeer = "healthgate-relay"
 	targetRef  = "healthgate-grpc"
@@ -86,10 +86,10 @@ var targets = []target{
 			return a.rate, ok
 		},
 	},
-	// Issue 11: the traffic policies, on but never triggered, may cost the
+	// Issue 11: retries and limits, on but never triggered, may cost the
 	// hot path at most 5%.
 	{
-		title: "cost of the traffic policies (retries, timeouts, limits, rate) at c=50", workload: "unary-c50",
+		title: "cost of retries and limits (retry, max_in_flight, rate) at c=50", workload: "unary-c50",
 		peer: policyPeer, ref: targetPeer, refName: targetPeer,
 		limit: 1.05, atMost: true, unit: "CPU-µs", value: cpuPerRPC,
 	},

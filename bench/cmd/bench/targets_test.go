@@ -78,7 +78,7 @@ func TestTargets(t *testing.T) {
 		"bidi msg/s":                        {0.90, true},
 		"p99 at c=50":                       {1.14, true},
 		"1 MiB unary MB/s":                  {0.85, false},
-		"cost of the traffic policies (retries, timeouts, limits, rate) at c=50": {1.05, true},
+		"cost of retries and limits (retry, max_in_flight, rate) at c=50": {1.05, true},
 	}
 	if len(targets) != len(want) {
 		t.Fatalf("%d targets, want %d", len(targets), len(want))
@@ -106,9 +106,9 @@ func TestTargets(t *testing.T) {
 		"| 1 MiB unary MB/s | unary-1mib | ≥ 0.90× direct | 0.85× (850 vs 1000 MB/s) | MISS | — |",
 		// The policy peer against the relay; healthgate-grpc has no policy
 		// twin, so no reference.
-		"| cost of the traffic policies (retries, timeouts, limits, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | 1.05× (23.1 vs 22.0 CPU-µs) | PASS | — |",
+		"| cost of retries and limits (retry, max_in_flight, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | 1.05× (23.1 vs 22.0 CPU-µs) | PASS | — |",
 		"- 4 of 6 targets met.",
-		"- cost of the traffic policies (retries, timeouts, limits, rate) at c=50: healthgate-relay-policy's value, in the healthgate-relay column, against healthgate-relay's.",
+		"- cost of retries and limits (retry, max_in_flight, rate) at c=50: healthgate-relay-policy's value, in the healthgate-relay column, against healthgate-relay's.",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
@@ -155,7 +155,7 @@ func TestTargetsMissingAndNoisy(t *testing.T) {
 	rep.missing(w.name, policyPeer, "did not start: exited during start-up")
 	out = rep.render()
 	for _, want := range []string{
-		"| cost of the traffic policies (retries, timeouts, limits, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | — | n/a |\n",
+		"| cost of retries and limits (retry, max_in_flight, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | — | n/a |\n",
 		"- 0 of 1 targets met;",
 	} {
 		if !strings.Contains(out, want) {
@@ -246,10 +246,14 @@ func TestPolicyPeerConfig(t *testing.T) {
 	if got := strings.Replace(policy, policyRoute, "", 1); got != relay {
 		t.Errorf("without its policies the policy peer's config is\n%s\nwant the relay's\n%s", got, relay)
 	}
-	// Each policy of the issue is on, under the route (indented as its keys).
-	for _, key := range []string{"    retry:\n      codes: [UNAVAILABLE]\n", "    timeout: 30s\n", "    max_timeout: 60s\n", "    idle_timeout: 60s\n", "    max_in_flight: 100000\n", "    rate: {per_second: 10000000, burst: 10000000}\n"} {
+	// Each retry and limit of the issue is on, under the route (indented as
+	// its keys); no timeout is (see policyRoute).
+	for _, key := range []string{"    retry:\n      codes: [UNAVAILABLE]\n", "    max_in_flight: 100000\n", "    rate: {per_second: 10000000, burst: 10000000}\n"} {
 		if !strings.Contains(policy, "    health_service: \"\"\n"+policyRoute) || !strings.Contains(policyRoute, key) {
 			t.Errorf("policy peer's config lacks %q under its route:\n%s", key, policy)
 		}
+	}
+	if strings.Contains(policyRoute, "timeout") {
+		t.Errorf("policy peer's route sets a timeout, which prices a deadline, not the policies:\n%s", policyRoute)
 	}
 }
