@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -106,7 +107,7 @@ func TestTargets(t *testing.T) {
 		"| 1 MiB unary MB/s | unary-1mib | ≥ 0.90× direct | 0.85× (850 vs 1000 MB/s) | MISS | — |",
 		// The policy peer against the relay; healthgate-grpc has no policy
 		// twin, so no reference.
-		"| cost of retries and limits (retry, max_in_flight, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | 1.05× (23.1 vs 22.0 CPU-µs) | PASS | — |",
+		"| cost of retries and limits (retry, max_in_flight, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | 1.05× paired (1.05; medians 23.1 vs 22.0 CPU-µs) | PASS | — |",
 		"- 4 of 6 targets met.",
 		"- cost of retries and limits (retry, max_in_flight, rate) at c=50: healthgate-relay-policy's value, in the healthgate-relay column, against healthgate-relay's.",
 	} {
@@ -255,5 +256,34 @@ func TestPolicyPeerConfig(t *testing.T) {
 	}
 	if strings.Contains(policyRoute, "timeout") {
 		t.Errorf("policy peer's route sets a timeout, which prices a deadline, not the policies:\n%s", policyRoute)
+	}
+}
+
+// A paired target judges each repetition's two windows against each
+// other: with the machine's speed drifting between repetitions, the ratio
+// of the medians can miss where every pairing but one passes. These are
+// the figures of a real run whose ratio of medians was 1.20×.
+func TestPairedTarget(t *testing.T) {
+	run := func(rep int, us float64) result.Run {
+		return result.Run{Rep: rep, CPU: map[string]result.CPU{"proxy": {UsPerOp: us}}}
+	}
+	relay := []result.Run{run(1, 16.5), run(2, 23.6), run(3, 27.6)}
+	policy := []result.Run{run(1, 16.4), run(2, 28.5), run(3, 28.3), {Rep: 4, Error: "failed"}}
+	pairs := pairedCPU(policy, relay)
+	if len(pairs) != 3 {
+		t.Fatalf("pairs %v, want one per repetition both peers measured", pairs)
+	}
+	var tg target
+	for _, x := range targets {
+		if x.paired {
+			tg = x
+		}
+	}
+	res := targetResult{v: 28.3, ref: 23.6, ratio: 28.3 / 23.6, ok: true}.pair(tg, pairs)
+	if got := fmt.Sprintf("%.2f", res.ratio); got != "1.03" || !res.pass {
+		t.Errorf("paired ratio %s pass %v, want the median pairing 1.03 and a pass", got, res.pass)
+	}
+	if cell := res.cell(tg); !strings.Contains(cell, "1.03× paired (0.99, 1.21, 1.03; medians 28.3 vs 23.6 CPU-µs)") {
+		t.Errorf("cell %q", cell)
 	}
 }
