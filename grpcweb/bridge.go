@@ -25,6 +25,8 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/codes"
+
+	"github.com/healthgate/healthgate/internal/grpcwire"
 )
 
 // Config is what a Bridge needs.
@@ -203,7 +205,7 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // relayResponse writes the engine's answer as gRPC-Web.
 func (b *Bridge) relayResponse(out *responder, resp *http.Response, check *frameChecker) {
 	if resp.StatusCode != http.StatusOK {
-		code := httpCode(resp.StatusCode)
+		code := grpcwire.HTTPStatusCode(resp.StatusCode)
 		if msg := resp.Header.Get("Grpc-Message"); msg != "" {
 			out.end(code, msg, nil)
 			return
@@ -315,7 +317,7 @@ func (o *responder) write(p []byte) error {
 
 // status ends the answer with the bridge's own status, msg as it reads.
 func (o *responder) status(code codes.Code, msg string) {
-	o.end(code, encodeGrpcMessage(msg), nil)
+	o.end(code, grpcwire.EncodeMessage(msg), nil)
 }
 
 // end ends the answer with its trailer frame, msg already encoded as
@@ -323,22 +325,4 @@ func (o *responder) status(code codes.Code, msg string) {
 func (o *responder) end(code codes.Code, msg string, trailers http.Header) {
 	o.header(nil)
 	_ = o.write(trailerFrame(code, msg, trailers))
-}
-
-// httpCode maps an HTTP status without grpc-status to a gRPC code, as the
-// gRPC spec's http-grpc-status-mapping says.
-func httpCode(s int) codes.Code {
-	switch s {
-	case 400:
-		return codes.Internal
-	case 401:
-		return codes.Unauthenticated
-	case 403:
-		return codes.PermissionDenied
-	case 404:
-		return codes.Unimplemented
-	case 429, 502, 503, 504:
-		return codes.Unavailable
-	}
-	return codes.Unknown
 }

@@ -169,18 +169,3 @@ func trailerFrame(code codes.Code, msg string, trailers http.Header) []byte {
 	binary.BigEndian.PutUint32(out[1:], uint32(b.Len()))
 	return append(out, b.String()...)
 }
-
-// encodeGrpcMessage percent-encodes what the gRPC spec says grpc-message
-// must not carry as is.
-func encodeGrpcMessage(msg string) string {
-	var b strings.Builder
-	for i := 0; i < len(msg); i++ {
-		c := msg[i]
-		if c >= ' ' && c <= '~' && c != '%' {
-			b.WriteByte(c)
-			continue
-		}
-		fmt.Fprintf(&b, "%%%02X", c)
-	}
-	return b.String()
-}

@@ -9,6 +9,8 @@ import (
 	"testing/iotest"
 
 	"google.golang.org/grpc/codes"
+
+	"github.com/healthgate/healthgate/internal/grpcwire"
 )
 
 func msgFrame(flag byte, msg []byte) []byte {
@@ -84,7 +86,7 @@ func TestTrailerFrame(t *testing.T) {
 }
 
 func TestEncodeGrpcMessage(t *testing.T) {
-	if got, want := encodeGrpcMessage("bad ü 100%\n"), "bad %C3%BC 100%25%0A"; got != want {
+	if got, want := grpcwire.EncodeMessage("bad ü 100%\n"), "bad %C3%BC 100%25%0A"; got != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 }

@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/healthgate/healthgate/internal/grpcwire"
 )
 
 // FuzzGRPCTimeout gives the relay's grpc-timeout reader any value: it
@@ -83,7 +85,7 @@ func FuzzMsgLimit(f *testing.F) {
 func FuzzGrpcMessage(f *testing.F) {
 	f.Add("bad input: ü 100% \n second line")
 	f.Fuzz(func(t *testing.T, msg string) {
-		enc := encodeGrpcMessage(msg)
+		enc := grpcwire.EncodeMessage(msg)
 		if strings.ContainsFunc(enc, func(r rune) bool { return r < ' ' || r > '~' }) {
 			t.Fatalf("grpc-message %q for %q is not printable ASCII", enc, msg)
 		}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 
+	"github.com/healthgate/healthgate/internal/grpcwire"
 	"github.com/healthgate/healthgate/internal/h2"
 )
 
@@ -894,7 +895,7 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 			code = codes.Code(n)
 		}
 	} else if !c.answered {
-		code = httpCode(f.PseudoValue("status"))
+		code = httpStatus(f.PseudoValue("status"))
 	}
 	c.answered = true
 	// The call is recorded before the client can see its end.
@@ -936,24 +937,6 @@ func fieldValue(f *http2.MetaHeadersFrame, name string) string {
 		}
 	}
 	return ""
-}
-
-// httpCode maps an HTTP status without grpc-status to a gRPC code, as the
-// gRPC spec's http-grpc-status-mapping says.
-func httpCode(s string) codes.Code {
-	switch s {
-	case "400":
-		return codes.Internal
-	case "401":
-		return codes.Unauthenticated
-	case "403":
-		return codes.PermissionDenied
-	case "404":
-		return codes.Unimplemented
-	case "429", "502", "503", "504":
-		return codes.Unavailable
-	}
-	return codes.Unknown
 }
 
 func (h backendSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
@@ -1155,7 +1138,7 @@ func (c *relayCall) failLocked(code codes.Code, msg string, _ []hpack.HeaderFiel
 	}
 	fields = append(fields, hpack.HeaderField{Name: "grpc-status", Value: strconv.Itoa(int(code))})
 	if msg != "" {
-		fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: encodeGrpcMessage(msg)})
+		fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: grpcwire.EncodeMessage(msg)})
 	}
 	c.answered = true
 	// The call is recorded before the client can see its end.
@@ -1174,7 +1157,7 @@ func (c *relayCall) earlyAbort(httpStatus int, code codes.Code, msg string) {
 		{Name: ":status", Value: strconv.Itoa(httpStatus)},
 		{Name: "content-type", Value: "application/grpc"},
 		{Name: "grpc-status", Value: strconv.Itoa(int(code))},
-		{Name: "grpc-message", Value: encodeGrpcMessage(msg)},
+		{Name: "grpc-message", Value: grpcwire.EncodeMessage(msg)},
 	}, true)
 }
 
@@ -1353,17 +1336,9 @@ func encodeTimeout(d time.Duration) string {
 	return "99999999H"
 }
 
-// encodeGrpcMessage percent-encodes what the gRPC spec says grpc-message
-// must not carry as is.
-func encodeGrpcMessage(msg string) string {
-	var b strings.Builder
-	for i := 0; i < len(msg); i++ {
-		c := msg[i]
-		if c >= ' ' && c <= '~' && c != '%' {
-			b.WriteByte(c)
-			continue
-		}
-		fmt.Fprintf(&b, "%%%02X", c)
-	}
-	return b.String()
+// httpStatus is the gRPC code of a backend's HTTP status without
+// grpc-status.
+func httpStatus(s string) codes.Code {
+	n, _ := strconv.Atoi(s)
+	return grpcwire.HTTPStatusCode(n)
 }

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/healthgate/healthgate/internal/grpcwire"
 	"github.com/healthgate/healthgate/internal/h2"
 )
 
@@ -288,7 +289,7 @@ func (cs *clientStream) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 		switch {
 		case r.httpStatus != 200:
 			cs.mu.Unlock()
-			cs.fail(s, status.Newf(httpStatusCode(r.httpStatus), "unexpected HTTP status code received from server: %d", r.httpStatus), http2.ErrCodeCancel)
+			cs.fail(s, status.Newf(grpcwire.HTTPStatusCode(r.httpStatus), "unexpected HTTP status code received from server: %d", r.httpStatus), http2.ErrCodeCancel)
 			return
 		case !r.grpc:
 			cs.mu.Unlock()

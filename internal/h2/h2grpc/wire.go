@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/healthgate/healthgate/internal/grpcwire"
 )
 
 // What gRPC over HTTP/2 says of headers, timeouts and statuses
@@ -77,25 +79,6 @@ func encodeTimeout(d time.Duration) string {
 		}
 	}
 	return strconv.FormatInt(int64((d+time.Hour-1)/time.Hour), 10) + "H"
-}
-
-// httpStatusCode is the gRPC code of an HTTP response that carries no
-// grpc-status: what an HTTP proxy in the way answered (the gRPC spec's
-// table).
-func httpStatusCode(httpStatus int) codes.Code {
-	switch httpStatus {
-	case 400:
-		return codes.Internal
-	case 401:
-		return codes.Unauthenticated
-	case 403:
-		return codes.PermissionDenied
-	case 404:
-		return codes.Unimplemented
-	case 429, 502, 503, 504:
-		return codes.Unavailable
-	}
-	return codes.Unknown
 }
 
 // resetCode is the gRPC code of a stream the peer reset, as grpc-go maps
@@ -184,7 +167,7 @@ func (r response) status() *status.Status {
 	}
 	if !r.hasStatus {
 		if r.httpStatus != 0 && r.httpStatus != 200 {
-			return status.Newf(httpStatusCode(r.httpStatus), "unexpected HTTP status code received from server: %d", r.httpStatus)
+			return status.Newf(grpcwire.HTTPStatusCode(r.httpStatus), "unexpected HTTP status code received from server: %d", r.httpStatus)
 		}
 		return status.New(codes.Unknown, "h2grpc: the server ended the call without grpc-status")
 	}
