@@ -36,17 +36,7 @@ func consulCfg(addr string) config.Config {
 // it, by seeing which backend's Started channel fired.
 func callOn(t *testing.T, cc *grpc.ClientConn, backends ...*testutil.Backend) (int, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, err := testutil.Unary(ctx, cc, "/test.Svc/Echo", []byte("x"))
-	for i, b := range backends {
-		select {
-		case <-b.Started():
-			return i, err
-		default:
-		}
-	}
-	return -1, err
+	return callWith(t, cc, nil, backends...)
 }
 
 func TestB32_DeregisteredBackendDrainsThenCloses(t *testing.T) {
