@@ -187,7 +187,7 @@ func TestB61_ClientCertificateRequired(t *testing.T) {
 		writeFile(t, keyFile, k1)
 		writeFile(t, caFile, ca.pem)
 		b := testutil.StartBackend(t)
-		var logs lockedBuffer
+		var logs testutil.SyncBuffer
 		h := e.startLog(t, config.Config{
 			Routes:    []config.Route{{Service: testutil.TestService, Backends: []string{b.Addr}}},
 			ListenTLS: proxycfg.ListenTLS{CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile, RequireClientCert: true},

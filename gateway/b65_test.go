@@ -1,12 +1,10 @@
 package gateway_test
 
 import (
-	"bytes"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,24 +12,6 @@ import (
 	"github.com/healthgate/healthgate/internal/testutil"
 	"github.com/healthgate/healthgate/tracing/tracingcfg"
 )
-
-// lockedBuffer is a log sink that goroutines may share.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestB65_NoSecretInLogsAdminOrErrors: the Consul ACL token (also the
 // tracing collector's API key) reaches no log line (debug included), no
@@ -43,7 +23,7 @@ func TestB65_NoSecretInLogsAdminOrErrors(t *testing.T) {
 		c := testutil.StartConsul(t)
 		a := testutil.StartBackend(t)
 		c.Register(t, "", testutil.RouteReg("a", "svc", a.Addr, testutil.TestService))
-		var logs lockedBuffer
+		var logs testutil.SyncBuffer
 		logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		cfg := consulCfg(c.Addr)
 		cfg.Consul.Token = token

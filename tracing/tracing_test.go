@@ -1,13 +1,11 @@
 package tracing
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 
+	"github.com/healthgate/healthgate/internal/testutil"
 	"github.com/healthgate/healthgate/tracing/tracingcfg"
 )
 
@@ -49,7 +48,7 @@ func TestTracesOnlyWhileRunning(t *testing.T) {
 	}
 	addr := lis.Addr().String()
 	lis.Close() // nobody listens: exports fail, which must not matter
-	var logs lockedBuffer
+	var logs testutil.SyncBuffer
 	tr, err := New(tracingcfg.Config{OTLPEndpoint: addr, Insecure: true}, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -94,23 +93,6 @@ func TestTracesOnlyWhileRunning(t *testing.T) {
 	}
 }
 
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // flakyExporter fails the exports while fail is set.
 type flakyExporter struct {
 	sdktrace.SpanExporter
@@ -127,7 +109,7 @@ func (f *flakyExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) er
 // TestExportFailuresLoggedOnChange: failing exports are logged when they
 // start failing and when they work again, not each time.
 func TestExportFailuresLoggedOnChange(t *testing.T) {
-	var logs lockedBuffer
+	var logs testutil.SyncBuffer
 	inner := &flakyExporter{}
 	e := &loggedExporter{SpanExporter: inner, log: slog.New(slog.NewTextHandler(&logs, nil)), endpoint: "c:4317"}
 	for _, fail := range []bool{false, true, true, true, false, false, true} {
