@@ -49,6 +49,13 @@ type workload struct {
 	// tls: clients call the peer over TLS 1.3 and the peer calls the
 	// backend over h2c, as at an edge; direct is the backend serving TLS.
 	tls bool
+	// together are peers loaded at the same time, each by its own load
+	// generator with conns and conc, rather than one after the other; the
+	// workload runs only when every one of them is among -peers. Two
+	// configurations of one binary differ by a few percent, and this
+	// machine's speed drifts by more than that between windows run back to
+	// back; windows run at once see the same machine.
+	together []string
 }
 
 var allWorkloads = []workload{
@@ -58,6 +65,17 @@ var allWorkloads = []workload{
 	{name: "stream-c50", title: "bidi stream, 50 streams over 10 connections, each echoing one 100 B message at a time", kind: "stream", conns: 10, conc: 50, size: 100, unit: "msg/s"},
 	{name: "unary-1mib", title: "unary 1 MiB echoed, 8 calls in flight over 4 connections (MB/s of replies)", kind: "unary", conns: 4, conc: 8, size: 1 << 20, unit: "MB/s"},
 	{name: "unary-c500", title: "unary 100 B, 500 calls in flight over 100 connections: many clients at once", kind: "unary", conns: 100, conc: 500, size: 100, unit: "QPS"},
+	{name: policyWorkload, title: "unary 100 B, healthgate-relay and healthgate-relay-policy loaded at once, 25 calls in flight over 5 connections each: what the traffic policies cost", kind: "unary", conns: 5, conc: 25, size: 100, unit: "QPS", together: []string{targetPeer, policyPeer}},
+}
+
+// peersOf are the peers among all that w measures, in all's order.
+func (w workload) peersOf(all []string) []string {
+	return slices.DeleteFunc(slices.Clone(all), func(p string) bool {
+		if len(w.together) > 0 {
+			return !slices.Contains(w.together, p)
+		}
+		return healthgatePeers[p].togetherOnly
+	})
 }
 
 type options struct {
@@ -170,6 +188,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if i := slices.IndexFunc(allWorkloads, func(w workload) bool { return w.name == *profileWorkload }); i >= 0 {
 		o.profileWorkload = allWorkloads[i]
+		if len(o.profileWorkload.together) > 0 {
+			return o, fmt.Errorf("-profile-workload: %s loads several peers at once; profile under a workload of one", *profileWorkload)
+		}
 	} else {
 		return o, fmt.Errorf("-profile-workload: unknown workload %q", *profileWorkload)
 	}
@@ -183,6 +204,19 @@ func parseFlags(args []string) (options, error) {
 			return o, fmt.Errorf("-workloads: unknown workload %q", name)
 		}
 	}
+	// A together workload needs all its peers: named, it is an error
+	// without them; by default, it is left out.
+	var kept []workload
+	for _, w := range o.workloads {
+		if missing := slices.DeleteFunc(slices.Clone(w.together), func(p string) bool { return slices.Contains(o.peers, p) }); len(missing) > 0 {
+			if *wls != "" {
+				return o, fmt.Errorf("-workloads: %s loads %s at once: add %s to -peers", w.name, strings.Join(w.together, " and "), strings.Join(missing, ", "))
+			}
+			continue
+		}
+		kept = append(kept, w)
+	}
+	o.workloads = kept
 	return o, nil
 }
 
@@ -463,20 +497,21 @@ func (e *env) runWorkload(ctx context.Context, o options, w workload, rep *repor
 		fmt.Fprintf(os.Stderr, "   %s: %v\n", peer, err)
 	}
 
+	peers := w.peersOf(o.peers)
 	po := peerOpts{tls: w.tls}
 	backend, err := e.startBackend(ctx, -1, w.tls)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		for _, p := range o.peers {
+		for _, p := range peers {
 			fail(p, 0, fmt.Errorf("FAILED: backend: %w", err))
 		}
 		return nil
 	}
 	up := map[string]*running{}
 	defer func() {
-		for _, name := range slices.Backward(o.peers) {
+		for _, name := range slices.Backward(peers) {
 			if r := up[name]; r != nil && r.proc != nil {
 				r.proc.stop(3 * time.Second)
 				e.sup.forget(r.proc)
@@ -485,7 +520,7 @@ func (e *env) runWorkload(ctx context.Context, o options, w workload, rep *repor
 		backend.proc.stop(3 * time.Second)
 		e.sup.forget(backend.proc)
 	}()
-	for _, name := range o.peers {
+	for _, name := range peers {
 		if why, ok := e.missing[name]; ok {
 			rep.missing(w.name, name, why)
 			continue
@@ -505,17 +540,16 @@ func (e *env) runWorkload(ctx context.Context, o options, w workload, rep *repor
 	}
 
 	for i := 1; i <= o.reps; i++ {
-		k := (i - 1) % len(o.peers)
-		order := append(slices.Clone(o.peers[k:]), o.peers[:k]...)
+		k := (i - 1) % len(peers)
+		order := append(slices.Clone(peers[k:]), peers[:k]...)
+		order = slices.DeleteFunc(order, func(name string) bool { return up[name] == nil })
+		results := e.measure(ctx, o, w, order, up, backend)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		for _, name := range order {
 			r := up[name]
-			if r == nil {
-				continue
-			}
-			res, err := e.loadgen(ctx, o, w, r, backend)
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
+			res, err := results[name].res, results[name].err
 			switch {
 			case err != nil:
 			case res.Ops == 0:
@@ -580,6 +614,61 @@ func progressLine(w workload, r *result.Run) string {
 		s += fmt.Sprintf("  errors %d (%s)", r.Errors, r.FirstError)
 	}
 	return s
+}
+
+// measured is one peer's measurement in one repetition.
+type measured struct {
+	res *result.Run
+	err error
+}
+
+// measure measures each of names (all running) once: one after the other
+// in that order, or, for a together workload, all at once.
+func (e *env) measure(ctx context.Context, o options, w workload, names []string, up map[string]*running, backend *running) map[string]measured {
+	out := map[string]measured{}
+	if len(w.together) == 0 {
+		for _, name := range names {
+			res, err := e.loadgen(ctx, o, w, up[name], backend)
+			out[name] = measured{res, err}
+			if ctx.Err() != nil {
+				return out
+			}
+		}
+		return out
+	}
+	type started struct {
+		p   *proc
+		buf *bytes.Buffer
+	}
+	gens := map[string]started{}
+	for _, name := range names {
+		p, buf, err := e.startLoadgen(o, w, up[name], backend)
+		if err != nil {
+			out[name] = measured{err: err}
+			continue
+		}
+		gens[name] = started{p, buf}
+	}
+	for _, name := range names {
+		if g, ok := gens[name]; ok {
+			res, err := e.waitLoadgen(ctx, o, g.p, g.buf)
+			out[name] = measured{res, err}
+		}
+	}
+	// Each load generator counts the others, and the proxies they load,
+	// as other load on the machine: they are this workload's own.
+	for name, m := range out {
+		if m.res == nil {
+			continue
+		}
+		for sib, sm := range out {
+			if sib != name && sm.res != nil {
+				m.res.OtherCPUPercent -= sm.res.CPU["proxy"].Percent + sm.res.CPU["loadgen"].Percent
+			}
+		}
+		m.res.OtherCPUPercent = max(0, m.res.OtherCPUPercent)
+	}
+	return out
 }
 
 // loadgen runs one measurement against target, watching the CPU of the

@@ -36,13 +36,16 @@ type healthgatePeer struct {
 	// policy turns on the route's retries and limits, set so that none
 	// ever acts on the bench's healthy traffic (see policyRoute).
 	policy bool
+	// togetherOnly: the peer answers one question, asked by the together
+	// workloads that name it, and is measured in no other.
+	togetherOnly bool
 }
 
 // healthgatePeers are the healthgate peers by name.
 var healthgatePeers = map[string]healthgatePeer{
 	"healthgate-relay":        {engine: "relay"},
 	"healthgate-grpc":         {engine: "grpc"},
-	"healthgate-relay-policy": {engine: "relay", policy: true},
+	"healthgate-relay-policy": {engine: "relay", policy: true, togetherOnly: true},
 }
 
 // peerAliases are names -peers accepts for several peers at once.

@@ -132,8 +132,9 @@ func (r *report) renderWorkload(b *strings.Builder, w workload) {
 	fmt.Fprintf(b, "| peer | %s | ×direct | ×best | p50 µs | ×direct | ×best | p99 µs | ×direct | ×best | p99.9 µs | proxy CPU-µs/%s | ×best | backend CPU-µs/%s | errors |\n", w.unit, op, op)
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 
+	peers := w.peersOf(r.opts.peers)
 	aggs := map[string]agg{}
-	for _, p := range r.opts.peers {
+	for _, p := range peers {
 		if a, ok := aggregate(w, r.runs[w.name][p]); ok {
 			aggs[p] = a
 		}
@@ -157,7 +158,7 @@ func (r *report) renderWorkload(b *strings.Builder, w workload) {
 	}
 
 	var foot []string
-	for _, p := range r.opts.peers {
+	for _, p := range peers {
 		a, ok := aggs[p]
 		name := p
 		for _, n := range r.notes[w.name][p] {
@@ -186,7 +187,7 @@ func (r *report) renderWorkload(b *strings.Builder, w workload) {
 			num(a.p99), ratio(a.p99, direct.p99, hasDirect), ratio(a.p99, best.p99, true),
 			num(a.p999), cpu, cpuBest, num(a.backendCPU), a.errors)
 	}
-	if t := negotiatedTLS(r.opts.peers, r.runs[w.name]); t != "" {
+	if t := negotiatedTLS(peers, r.runs[w.name]); t != "" {
 		foot = append(foot, t)
 	}
 	if n := r.noise(w.name); n != "" {
@@ -279,11 +280,15 @@ func (r *report) renderHeadline(b *strings.Builder) {
 		{"Proxy CPU per RPC at c=50 as a ratio to HAProxy's (unary-c50)", cpuRatio("unary-c50", "haproxy")},
 		// The policies' cost is a question about one peer: the ratio of
 		// any other peer to healthgate-relay says nothing about it.
-		{"Proxy CPU per RPC with retries and limits on, as a ratio to healthgate-relay's (unary-c50)", func(p string) (string, bool) {
+		{"Proxy CPU per RPC with retries and limits on, as a ratio to healthgate-relay's loaded at the same time (policy-c50, median of the repetitions' ratios)", func(p string) (string, bool) {
 			if p != policyPeer {
 				return "", false
 			}
-			return cpuRatio("unary-c50", targetPeer)(p)
+			ratios := pairedCPU(r.runs[policyWorkload][p], r.runs[policyWorkload][targetPeer])
+			if len(ratios) == 0 {
+				return "", false
+			}
+			return fmt.Sprintf("%.2f×", median(ratios)), true
 		}},
 		{"Proxy CPU-µs per RPC at c=50, terminating TLS (unary-c50-tls)", proxyCPU("unary-c50-tls")},
 		{"Proxy CPU per RPC terminating TLS as a ratio to nginx's (unary-c50-tls)", cpuRatio("unary-c50-tls", "nginx")},

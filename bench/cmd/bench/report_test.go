@@ -113,26 +113,35 @@ func TestNegotiatedTLSNamesPeersThatDiffer(t *testing.T) {
 	}
 }
 
-// The policies' cost is the policy peer's CPU over the relay's, shown in
-// the policy peer's column only, and only when both ran.
+// The policies' cost is the median of the repetitions' ratios of the
+// policy peer's CPU to the relay's, both loaded at once, shown in the
+// policy peer's column only, and only when both ran.
 func TestHeadlinePolicyCost(t *testing.T) {
-	w := workloadNamed(t, "unary-c50")
-	const line = "| Proxy CPU per RPC with retries and limits on, as a ratio to healthgate-relay's (unary-c50) |"
+	w := workloadNamed(t, "policy-c50")
+	const line = "| Proxy CPU per RPC with retries and limits on, as a ratio to healthgate-relay's loaded at the same time (policy-c50, median of the repetitions' ratios) |"
+	run := func(rep int, cpu float64) result.Run {
+		r := targetRun(10000, 0, 300, 900, cpu)
+		r.Rep = rep
+		return r
+	}
 	rep := &report{
 		opts: options{mode: "full", reps: 3, peers: []string{"direct", "healthgate-relay", "healthgate-relay-policy", "haproxy"}, workloads: []workload{w}},
 		meta: map[string]any{},
 		runs: map[string]map[string][]result.Run{w.name: {
-			"direct": {targetRun(20000, 0, 100, 300, 0)},
-			// Medians of three: 20 µs and 21 µs, whatever the order.
-			"healthgate-relay":        {targetRun(10000, 0, 300, 900, 25), targetRun(10000, 0, 300, 900, 20), targetRun(10000, 0, 300, 900, 19)},
-			"healthgate-relay-policy": {targetRun(10000, 0, 300, 900, 21), targetRun(10000, 0, 300, 900, 30), targetRun(10000, 0, 300, 900, 18)},
-			"haproxy":                 {targetRun(15000, 0, 200, 600, 16)},
+			// Ratios 1.04, 1.10, 0.90: median 1.04, where the ratio of
+			// the medians (21 over 20) would be 1.05.
+			"healthgate-relay":        {run(1, 25), run(2, 20), run(3, 20)},
+			"healthgate-relay-policy": {run(1, 26), run(2, 22), run(3, 18)},
 		}},
 		notes: map[string]map[string][]string{},
 	}
 	out := rep.render()
-	if want := line + " — | 1.05× | — |\n"; !strings.Contains(out, want) {
+	if want := line + " — | 1.04× | — |\n"; !strings.Contains(out, want) {
 		t.Errorf("report lacks %q:\n%s", want, out)
+	}
+	// Loaded at once, the two are the workload's only rows.
+	if strings.Contains(out, "\n| haproxy |") || strings.Contains(out, "\n| direct |") {
+		t.Errorf("policy-c50 lists peers it does not load:\n%s", out)
 	}
 
 	// The relay failed every run: no ratio, so no line.
@@ -141,7 +150,7 @@ func TestHeadlinePolicyCost(t *testing.T) {
 		t.Errorf("policies' cost without the relay's figures:\n%s", out)
 	}
 	// Without the policy peer neither.
-	rep.runs[w.name]["healthgate-relay"] = []result.Run{targetRun(10000, 0, 300, 900, 20)}
+	rep.runs[w.name]["healthgate-relay"] = []result.Run{run(1, 20)}
 	rep.opts.peers = []string{"direct", "healthgate-relay", "haproxy"}
 	if out := rep.render(); strings.Contains(out, line) {
 		t.Errorf("policies' cost without %s:\n%s", policyPeer, out)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -31,7 +32,7 @@ func targetRun(rate, mbps, p50, p99, proxy float64) result.Run {
 
 func TestTargets(t *testing.T) {
 	var ws []workload
-	for _, n := range []string{"unary-c1", "unary-c50", "stream-c50", "unary-1mib"} {
+	for _, n := range []string{"unary-c1", "unary-c50", "stream-c50", "unary-1mib", "policy-c50"} {
 		ws = append(ws, workloadNamed(t, n))
 	}
 	one := func(r result.Run) []result.Run { return []result.Run{r} }
@@ -47,14 +48,18 @@ func TestTargets(t *testing.T) {
 				"nginx":            one(targetRun(3500, 0, 180, 300, 20)),
 			},
 			// CPU: relay 22 µs, HAProxy 20 µs: 1.10×, MISS. p99: relay
-			// 1140 µs, direct 1000 µs: 1.14×, PASS (limit 1.15). Policies:
-			// 23.1 µs against the relay's 22 µs: 1.05×, on the limit, PASS.
+			// 1140 µs, direct 1000 µs: 1.14×, PASS (limit 1.15).
 			"unary-c50": {
-				"direct":                  one(targetRun(20000, 0, 400, 1000, 0)),
-				"healthgate-relay":        one(targetRun(18000, 0, 450, 1140, 22)),
-				"healthgate-grpc":         one(targetRun(12000, 0, 600, 2000, 40)),
-				"healthgate-relay-policy": one(targetRun(17500, 0, 460, 1150, 23.1)),
-				"haproxy":                 one(targetRun(17000, 0, 450, 1200, 20)),
+				"direct":           one(targetRun(20000, 0, 400, 1000, 0)),
+				"healthgate-relay": one(targetRun(18000, 0, 450, 1140, 22)),
+				"healthgate-grpc":  one(targetRun(12000, 0, 600, 2000, 40)),
+				"haproxy":          one(targetRun(17000, 0, 450, 1200, 20)),
+			},
+			// Policies, loaded at once with the relay: 23.1 µs against its
+			// 22 µs: 1.05×, on the limit, PASS.
+			"policy-c50": {
+				"healthgate-relay":        one(targetRun(9000, 0, 460, 1150, 22)),
+				"healthgate-relay-policy": one(targetRun(8750, 0, 460, 1150, 23.1)),
 			},
 			// msg/s: 0.90× is on the limit: PASS.
 			"stream-c50": {
@@ -79,7 +84,7 @@ func TestTargets(t *testing.T) {
 		"bidi msg/s":                        {0.90, true},
 		"p99 at c=50":                       {1.14, true},
 		"1 MiB unary MB/s":                  {0.85, false},
-		"cost of retries and limits (retry, max_in_flight, rate) at c=50": {1.05, true},
+		"cost of retries and limits (retry, max_in_flight, rate), loaded at once with the relay": {1.05, true},
 	}
 	if len(targets) != len(want) {
 		t.Fatalf("%d targets, want %d", len(targets), len(want))
@@ -107,9 +112,9 @@ func TestTargets(t *testing.T) {
 		"| 1 MiB unary MB/s | unary-1mib | ≥ 0.90× direct | 0.85× (850 vs 1000 MB/s) | MISS | — |",
 		// The policy peer against the relay; healthgate-grpc has no policy
 		// twin, so no reference.
-		"| cost of retries and limits (retry, max_in_flight, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | 1.05× paired (1.05; medians 23.1 vs 22.0 CPU-µs) | PASS | — |",
+		"| cost of retries and limits (retry, max_in_flight, rate), loaded at once with the relay | policy-c50 | ≤ 1.05× healthgate-relay | 1.05× paired (1.05; medians 23.1 vs 22.0 CPU-µs) | PASS | — |",
 		"- 4 of 6 targets met.",
-		"- cost of retries and limits (retry, max_in_flight, rate) at c=50: healthgate-relay-policy's value, in the healthgate-relay column, against healthgate-relay's.",
+		"- cost of retries and limits (retry, max_in_flight, rate), loaded at once with the relay: healthgate-relay-policy's value, in the healthgate-relay column, against healthgate-relay's.",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
@@ -156,7 +161,7 @@ func TestTargetsMissingAndNoisy(t *testing.T) {
 	rep.missing(w.name, policyPeer, "did not start: exited during start-up")
 	out = rep.render()
 	for _, want := range []string{
-		"| cost of retries and limits (retry, max_in_flight, rate) at c=50 | unary-c50 | ≤ 1.05× healthgate-relay | — | n/a |\n",
+		"| cost of retries and limits (retry, max_in_flight, rate), loaded at once with the relay | policy-c50 | ≤ 1.05× healthgate-relay | — | n/a |\n",
 		"- 0 of 1 targets met;",
 	} {
 		if !strings.Contains(out, want) {
@@ -285,5 +290,47 @@ func TestPairedTarget(t *testing.T) {
 	}
 	if cell := res.cell(tg); !strings.Contains(cell, "1.03× paired (0.99, 1.21, 1.03; medians 28.3 vs 23.6 CPU-µs)") {
 		t.Errorf("cell %q", cell)
+	}
+}
+
+// policy-c50 loads its two peers at once and no other; the policy peer runs
+// in no other workload; without both peers the workload is left out, or
+// refused when named.
+func TestTogetherWorkload(t *testing.T) {
+	w := workloadNamed(t, policyWorkload)
+	all := []string{"direct", "healthgate-relay", "healthgate-grpc", "healthgate-relay-policy", "haproxy"}
+	if got, want := strings.Join(w.peersOf(all), ","), "healthgate-relay,healthgate-relay-policy"; got != want {
+		t.Errorf("%s measures %s, want %s", w.name, got, want)
+	}
+	if got, want := strings.Join(workloadNamed(t, "unary-c50").peersOf(all), ","), "direct,healthgate-relay,healthgate-grpc,haproxy"; got != want {
+		t.Errorf("unary-c50 measures %s, want %s", got, want)
+	}
+
+	names := func(ws []workload) []string {
+		var out []string
+		for _, w := range ws {
+			out = append(out, w.name)
+		}
+		return out
+	}
+	o, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(names(o.workloads), policyWorkload) {
+		t.Errorf("default workloads %v lack %s", names(o.workloads), policyWorkload)
+	}
+	o, err = parseFlags([]string{"-peers", "direct,healthgate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(names(o.workloads), policyWorkload) {
+		t.Errorf("workloads %v hold %s without %s", names(o.workloads), policyWorkload, policyPeer)
+	}
+	if _, err := parseFlags([]string{"-peers", "healthgate", "-workloads", policyWorkload}); err == nil || !strings.Contains(err.Error(), policyPeer) {
+		t.Errorf("%s named without %s: err %v, want one naming it", policyWorkload, policyPeer, err)
+	}
+	if _, err := parseFlags([]string{"-profile-workload", policyWorkload}); err == nil {
+		t.Errorf("-profile-workload %s accepted", policyWorkload)
 	}
 }
