@@ -33,10 +33,12 @@ vet:
 
 # test: formatting, vet, then every test with the race detector against a
 # real Consul agent; the smoke test runs verbosely so the log shows the agent.
+# The bench module's own tests (its report and targets) run too.
 # Last, each fuzz target runs briefly (B16).
 test: consul fmt-check vet
 	HEALTHGATE_CONSUL=$(CONSUL) $(GO) test -race -count=1 ./...
 	HEALTHGATE_CONSUL=$(CONSUL) $(GO) test -race -count=1 -v -run 'TestConsulSmoke' ./internal/testutil/
+	cd bench && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME_TEST) $(FUZZ_TARGETS)
 
 # fuzz: each fuzz target for FUZZTIME (make fuzz FUZZTIME=10m).
