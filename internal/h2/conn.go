@@ -262,9 +262,14 @@ func NewConn(nc net.Conn, role Role, cfg Config) *Conn {
 		recvWindow:       65535,
 		nextStreamID:     1,
 	}
-	c.br = bufio.NewReaderSize(nc, cfg.ReadBufferSize)
-	c.out = newOutBuf(nc, cfg.WriteBufferSize)
-	c.inline = c.out.rc != nil
+	var rd io.Reader = nc
+	sr, sw := newRawIO(nc)
+	if sr != nil {
+		rd = sr
+	}
+	c.br = bufio.NewReaderSize(rd, cfg.ReadBufferSize)
+	c.out = newOutBuf(nc, sw, cfg.WriteBufferSize)
+	c.inline = sw != nil
 	c.rf = http2.NewFramer(nil, c.br)
 	c.rf.SetMaxReadFrameSize(cfg.MaxFrameSize)
 	c.rf.MaxHeaderListSize = cfg.MaxHeaderListSize

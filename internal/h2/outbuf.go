@@ -1,9 +1,7 @@
 package h2
 
 import (
-	"errors"
 	"net"
-	"syscall"
 )
 
 // outBuf gathers what the writer sends in one go: frames encoded into buf,
@@ -13,6 +11,9 @@ import (
 // copied into buf and one write per flush instead.
 type outBuf struct {
 	nc net.Conn
+	// sw writes nc's socket itself (sysio_linux.go); nil when nc is not a
+	// socket of the net package's.
+	sw sockWriter
 	// vec: nc takes a vectored write.
 	vec bool
 	// flushAt is the size of buf at which it is written out before more
@@ -22,11 +23,18 @@ type outBuf struct {
 	// seg is where in buf the bytes not yet in bufs start.
 	seg  int
 	bufs net.Buffers
-	// rc writes to nc without waiting (tryWrite); nil when nc cannot.
-	rc syscall.RawConn
 	// copyAll copies every payload into buf, for a write that may leave
 	// part of buf behind after the payloads went back to their pools.
 	copyAll bool
+}
+
+// sockWriter writes a socket: Write and WriteBuffers all they are given,
+// waiting for the socket as need be; TryWrite what the socket takes at
+// once.
+type sockWriter interface {
+	Write(p []byte) (int, error)
+	TryWrite(p []byte) (int, error)
+	WriteBuffers(bufs [][]byte) (int, error)
 }
 
 // BuffersWriter is a connection that wraps one of the net package's own
@@ -40,21 +48,15 @@ type BuffersWriter interface {
 // copying costs less than the kernel's work for one more iovec.
 const refMin = 4 << 10
 
-func newOutBuf(nc net.Conn, flushAt int) *outBuf {
+func newOutBuf(nc net.Conn, sw sockWriter, flushAt int) *outBuf {
 	// net.Buffers writes with writev only to the net package's own
 	// connections; anything else would get one write per buffer.
-	var vec bool
+	vec := sw != nil
 	switch nc.(type) {
 	case *net.TCPConn, *net.UnixConn, BuffersWriter:
 		vec = true
 	}
-	o := &outBuf{nc: nc, vec: vec, flushAt: flushAt, buf: make([]byte, 0, flushAt)}
-	if sc, ok := nc.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			o.rc = rc
-		}
-	}
-	return o
+	return &outBuf{nc: nc, sw: sw, vec: vec, flushAt: flushAt, buf: make([]byte, 0, flushAt)}
 }
 
 // Write adds encoded frame bytes; it is how the framer writes.
@@ -92,13 +94,18 @@ func (o *outBuf) Flush() error {
 			o.bufs = append(o.bufs, o.buf[o.seg:])
 		}
 		v := o.bufs
-		if bw, ok := o.nc.(BuffersWriter); ok {
+		switch bw, ok := o.nc.(BuffersWriter); {
+		case o.sw != nil:
+			_, err = o.sw.WriteBuffers(v)
+		case ok:
 			_, err = bw.WriteBuffers(&v)
-		} else {
+		default:
 			_, err = v.WriteTo(o.nc)
 		}
 		clear(o.bufs)
 		o.bufs = o.bufs[:0]
+	case len(o.buf) > 0 && o.sw != nil:
+		_, err = o.sw.Write(o.buf)
 	case len(o.buf) > 0:
 		_, err = o.nc.Write(o.buf)
 	}
@@ -124,24 +131,13 @@ func (o *outBuf) pending() bool { return len(o.buf) > 0 || len(o.bufs) > 0 }
 // never waits, and keeps the rest for Flush. Every payload must have been
 // copied (copyAll).
 func (o *outBuf) tryWrite() error {
-	if o.rc == nil || len(o.bufs) > 0 {
+	if o.sw == nil || len(o.bufs) > 0 {
 		return o.Flush()
 	}
-	var n int
-	var werr error
-	err := o.rc.Write(func(fd uintptr) bool {
-		n, werr = syscall.Write(int(fd), o.buf)
-		// Done whatever happened: what is left goes to the writer, which
-		// may wait for the socket.
-		return true
-	})
+	n, err := o.sw.TryWrite(o.buf)
 	if err != nil {
 		return err
 	}
-	if werr != nil && !errors.Is(werr, syscall.EAGAIN) && !errors.Is(werr, syscall.EINTR) {
-		return werr
-	}
-	n = max(n, 0)
 	if n == len(o.buf) {
 		o.discard()
 		return nil
