@@ -24,10 +24,20 @@ import (
 )
 
 // Peers in table order. direct is the client calling the backend itself: the
-// floor every proxy is compared with. The healthgate peers are one binary
-// and one config, differing in proxy.engine and, for
-// healthgate-relay-policy, in the route's traffic policy.
-var allPeers = []string{"direct", "healthgate-relay", "healthgate-grpc", "healthgate-relay-policy", "grpc-proxy", "nginx", "haproxy"}
+// floor every proxy is compared with. tcp-splice forwards bytes and does
+// nothing else (cmd/splice): what any process between client and backend
+// costs them on this machine. The healthgate peers are one binary and one
+// config, differing in proxy.engine and, for healthgate-relay-policy, in
+// the route's traffic policy.
+var allPeers = []string{"direct", splicePeer, "healthgate-relay", "healthgate-grpc", "healthgate-relay-policy", "grpc-proxy", "nginx", "haproxy"}
+
+// splicePeer is the TCP forwarder: a reference, like direct, rather than a
+// proxy the others compete with (it is no ×best), and absent where the
+// peers terminate TLS, which it cannot.
+const splicePeer = "tcp-splice"
+
+// isReference tells whether p is a reference rather than a proxy.
+func isReference(p string) bool { return p == "direct" || p == splicePeer }
 
 // healthgatePeer is how one healthgate peer's config differs from the
 // others'.
@@ -209,6 +219,9 @@ func (e *env) startPeer(ctx context.Context, name string, be *running, po peerOp
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		argv = []string{exe, "-config", cfg}
+	case splicePeer:
+		bin = "splice"
+		argv = []string{e.bins["splice"], "-listen", addr, "-backend", backend}
 	case "grpc-proxy":
 		bin = "grpcproxy"
 		argv = []string{e.bins["grpcproxy"], "-listen", addr, "-backend", backend}

@@ -142,7 +142,7 @@ func (r *report) renderWorkload(b *strings.Builder, w workload) {
 	direct, hasDirect := aggs["direct"]
 	best := agg{rate: math.NaN(), p50: math.NaN(), p99: math.NaN(), proxyCPU: math.NaN()}
 	for p, a := range aggs {
-		if p == "direct" {
+		if isReference(p) {
 			continue
 		}
 		best.rate = pick(best.rate, a.rate, math.Max)
@@ -310,6 +310,7 @@ func (r *report) renderHeadline(b *strings.Builder) {
 		}},
 		{"QPS at c=50 as a ratio to direct (unary-c50)", rateRatio("unary-c50")},
 		{"1 MiB unary MB/s as a ratio to direct (unary-1mib)", rateRatio("unary-1mib")},
+		{"1 MiB unary MB/s over one connection as a ratio to direct (unary-1mib-1conn)", rateRatio("unary-1mib-1conn")},
 		{"Proxy CPU-µs per RPC at c=500 over 100 connections (unary-c500)", proxyCPU("unary-c500")},
 		{"Proxy CPU per RPC at c=500 as a ratio to HAProxy's (unary-c500)", cpuRatio("unary-c500", "haproxy")},
 		{"p99 at c=500 as a ratio to direct (unary-c500)", func(p string) (string, bool) {

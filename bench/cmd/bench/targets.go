@@ -218,14 +218,25 @@ func (r *report) renderTargets(b *strings.Builder) {
 		return
 	}
 	withRef := slices.Contains(r.opts.peers, targetRef)
+	withFloor := slices.Contains(r.opts.peers, splicePeer)
 	fmt.Fprintf(b, "\n## Targets (%s)\n\n", targetPeer)
-	b.WriteString("Each a ratio of medians within this run. The cell gives the ratio, then the peer's value against the reference's.\n\n")
+	b.WriteString("Each a ratio of medians within this run. The cell gives the ratio, then the peer's value against the reference's.")
+	if withFloor {
+		fmt.Fprintf(b, " %s, a TCP forwarder that does nothing but move bytes, is the same ratio for the least any process between client and backend costs them here.", splicePeer)
+	}
+	b.WriteString("\n\n")
 	fmt.Fprintf(b, "| target | workload | wanted | %s | verdict |", targetPeer)
 	if withRef {
 		fmt.Fprintf(b, " %s, for reference |", targetRef)
 	}
+	if withFloor {
+		fmt.Fprintf(b, " %s, the floor |", splicePeer)
+	}
 	b.WriteString("\n|---|---|---|---:|---|")
 	if withRef {
+		b.WriteString("---:|")
+	}
+	if withFloor {
 		b.WriteString("---:|")
 	}
 	b.WriteString("\n")
@@ -241,12 +252,18 @@ func (r *report) renderTargets(b *strings.Builder) {
 			res = res.pair(t, pairedCPU(r.runs[t.workload][t.subject()], r.runs[t.workload][t.ref]))
 		}
 		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |", t.title, t.workload, t.wanted(), res.cell(t), res.verdict())
-		if withRef {
-			ref := "—"
-			if t.peer == "" {
-				ref = t.evaluate(get, targetRef).cell(t)
+		for _, other := range []struct {
+			on   bool
+			peer string
+		}{{withRef, targetRef}, {withFloor, splicePeer}} {
+			if !other.on {
+				continue
 			}
-			fmt.Fprintf(b, " %s |", ref)
+			cell := "—"
+			if t.peer == "" {
+				cell = t.evaluate(get, other.peer).cell(t)
+			}
+			fmt.Fprintf(b, " %s |", cell)
 		}
 		b.WriteString("\n")
 		if t.peer != "" {

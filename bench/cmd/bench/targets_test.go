@@ -217,7 +217,7 @@ func TestParsePeersAlias(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "direct,healthgate-relay,healthgate-grpc,healthgate-relay-policy,grpc-proxy,nginx,haproxy"; strings.Join(o.peers, ",") != want {
+	if want := "direct,tcp-splice,healthgate-relay,healthgate-grpc,healthgate-relay-policy,grpc-proxy,nginx,haproxy"; strings.Join(o.peers, ",") != want {
 		t.Errorf("default peers %v, want %s", o.peers, want)
 	}
 	if _, err := parsePeers("-peers", "healthgate-x"); err == nil {
@@ -332,5 +332,42 @@ func TestTogetherWorkload(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"-profile-workload", policyWorkload}); err == nil {
 		t.Errorf("-profile-workload %s accepted", policyWorkload)
+	}
+}
+
+// tcp-splice is a reference: its ratios fill a column of the targets
+// table, it is never a workload's ×best, and it is left out where the
+// peers terminate TLS.
+func TestSpliceFloor(t *testing.T) {
+	w := workloadNamed(t, "stream-c50")
+	one := func(r result.Run) []result.Run { return []result.Run{r} }
+	rep := &report{
+		opts: options{mode: "quick", reps: 1, peers: []string{"direct", splicePeer, "healthgate-relay"}, workloads: []workload{w}},
+		meta: map[string]any{},
+		runs: map[string]map[string][]result.Run{w.name: {
+			"direct":           one(targetRun(50000, 0, 100, 200, 0)),
+			splicePeer:         one(targetRun(37000, 0, 120, 300, 2)),
+			"healthgate-relay": one(targetRun(43000, 0, 130, 300, 10)),
+		}},
+		notes: map[string]map[string][]string{},
+	}
+	out := rep.render()
+	for _, want := range []string{
+		"| target | workload | wanted | healthgate-relay | verdict | tcp-splice, the floor |",
+		"| bidi msg/s | stream-c50 | ≥ 0.90× direct | 0.86× (43000 vs 50000 msg/s) | MISS | 0.74× (37000 vs 50000 msg/s) |",
+		// The relay is the best proxy on rate, though the splice's CPU
+		// is lower: ×best compares proxies only.
+		"| healthgate-relay | 43000 | 0.86 | 1.00 |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	all := []string{"direct", splicePeer, "healthgate-relay"}
+	if got := workloadNamed(t, "unary-c50-tls").peersOf(all); slices.Contains(got, splicePeer) {
+		t.Errorf("unary-c50-tls measures %v: %s cannot terminate TLS", got, splicePeer)
+	}
+	if got := workloadNamed(t, "unary-c50").peersOf(all); !slices.Contains(got, splicePeer) {
+		t.Errorf("unary-c50 measures %v, without %s", got, splicePeer)
 	}
 }
