@@ -487,8 +487,7 @@ func clientError(ctx context.Context, arrived time.Time, err error) error {
 		// (grpc-timeout is measured from the arrival): a cancel that close
 		// to the deadline is the deadline, not a cancel.
 		if d, ok := ctx.Deadline(); ok {
-			slack := max(5*time.Millisecond, d.Sub(arrived)/20)
-			if !time.Now().Before(d.Add(-slack)) {
+			if !time.Now().Before(d.Add(-deadlineSlack(d.Sub(arrived)))) {
 				return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
 			}
 		}

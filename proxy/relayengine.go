@@ -1061,16 +1061,6 @@ func (c *relayCall) upAddr() string {
 	return c.up.Addr()
 }
 
-// deadlineSlack is how early before the gateway's idea of a call's
-// deadline a client's cancel still counts as the deadline passing. The
-// gateway's deadline is later than the client's by the time its HEADERS
-// took to arrive (grpc-timeout is what remained when they were sent), and
-// the client's cancel may take less time to arrive than they did: a tenth
-// of the timeout, within 2 ms to 100 ms, tells the two apart in practice.
-func deadlineSlack(timeout time.Duration) time.Duration {
-	return min(max(timeout/10, 2*time.Millisecond), 100*time.Millisecond)
-}
-
 // expired is the deadline's timer.
 func (c *relayCall) expired() {
 	c.mu.Lock()

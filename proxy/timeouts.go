@@ -144,3 +144,14 @@ func (s idleServerStream) SendHeader(md metadata.MD) error {
 	s.it.touch()
 	return s.ServerStream.SendHeader(md)
 }
+
+// deadlineSlack is how early before the gateway's idea of a call's
+// deadline a client's cancel still counts as the deadline passing. The
+// gateway's deadline is later than the client's by the time its HEADERS
+// took to arrive (grpc-timeout is what remained when they were sent), and
+// the client's cancel may take less time to arrive than they did: a tenth
+// of the timeout, within 2 ms to 100 ms, tells the two apart in practice.
+// Both engines judge by it.
+func deadlineSlack(timeout time.Duration) time.Duration {
+	return min(max(timeout/10, 2*time.Millisecond), 100*time.Millisecond)
+}
