@@ -824,7 +824,7 @@ func (h clientSide) Reset(s *h2.Stream, code http2.ErrCode, err error) {
 	}
 	st := codes.Canceled
 	msg := "healthgate: the client cancelled the call"
-	if !c.deadline.IsZero() && !time.Now().Before(c.deadline.Add(-deadlineSlack(c.deadline.Sub(c.start)))) {
+	if c.atDeadline() {
 		st, msg = codes.DeadlineExceeded, "healthgate: the client's deadline passed"
 	}
 	if err != nil {
@@ -896,6 +896,14 @@ func (h backendSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame) {
 		}
 	} else if !c.answered {
 		code = httpStatus(f.PseudoValue("status"))
+	}
+	if code == codes.DeadlineExceeded && !c.answered && c.atDeadline() {
+		// The backend's copy of the deadline (a little earlier than the
+		// gateway's, by the time the HEADERS took) ended the call first:
+		// the deadline's own status is the answer, as it would have been
+		// a moment later.
+		c.expiredLocked()
+		return
 	}
 	c.answered = true
 	// The call is recorded before the client can see its end.
@@ -1059,6 +1067,12 @@ func (c *relayCall) upAddr() string {
 		return ""
 	}
 	return c.up.Addr()
+}
+
+// atDeadline reports whether the call has a deadline and is at it, within
+// deadlineSlack.
+func (c *relayCall) atDeadline() bool {
+	return !c.deadline.IsZero() && !time.Now().Before(c.deadline.Add(-deadlineSlack(c.deadline.Sub(c.start))))
 }
 
 // expired is the deadline's timer.
