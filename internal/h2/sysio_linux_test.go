@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -139,5 +140,26 @@ func TestRawIONotASocket(t *testing.T) {
 	defer b.Close()
 	if r, w := newRawIO(a); r != nil || w != nil {
 		t.Fatal("raw I/O for an in-memory pipe")
+	}
+}
+
+// Writing to a peer that is gone is an error, not the end of the process:
+// the raw write raises SIGPIPE, which the Go runtime ignores for sockets.
+func TestRawIOWriteToClosedPeer(t *testing.T) {
+	a, b := tcpPair(t)
+	_, w := newRawIO(a)
+	b.Close()
+	p := make([]byte, 64<<10)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := w.Write(p); err != nil {
+			if !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("write to a closed peer: %v, want EPIPE or ECONNRESET", err)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes to a closed peer kept succeeding")
+		}
 	}
 }
