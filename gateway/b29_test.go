@@ -1,14 +1,12 @@
 package gateway_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,24 +22,10 @@ import (
 	"github.com/healthgate/healthgate/internal/testutil"
 )
 
-// logLines keeps every log line, attributes included.
-type logLines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// with returns the lines that contain every one of subs.
-func (l *logLines) with(subs ...string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// linesWith returns the lines of log that contain every one of subs.
+func linesWith(log string, subs ...string) []string {
 	var out []string
-	for _, line := range strings.Split(l.buf.String(), "\n") {
+	for _, line := range strings.Split(log, "\n") {
 		ok := true
 		for _, s := range subs {
 			ok = ok && strings.Contains(line, s)
@@ -96,7 +80,7 @@ func TestB29_PerInstanceHealthServiceName(t *testing.T) {
 			t.Fatalf("register %s with meta %v: %v", reg.ID, reg.Meta, err)
 		}
 	}
-	logs := &logLines{}
+	logs := &testutil.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(io.MultiWriter(logs, tlog{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	g := gatewaytest.Start(t, consulCfg(c.Addr), logger)
 	srv := httptest.NewServer(g.AdminHandler())
@@ -127,7 +111,7 @@ func TestB29_PerInstanceHealthServiceName(t *testing.T) {
 	}
 	// The log line may land a moment after the table shows the status.
 	testutil.WaitFor(t, 10*time.Second, fmt.Sprintf("a log line naming bare, the health service %q it was asked for and %s", svc, healthcheck.MetaHealthService), func() bool {
-		return len(logs.with("does not know the health-service name", "addr="+bare.Addr, "health_service="+svc, healthcheck.MetaHealthService+"=<name>")) > 0
+		return len(linesWith(logs.String(), "does not know the health-service name", "addr="+bare.Addr, "health_service="+svc, healthcheck.MetaHealthService+"=<name>")) > 0
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

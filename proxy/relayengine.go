@@ -763,23 +763,11 @@ func (h clientSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 	p := ch.B
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.done {
-		ch.Release()
-		s.Consumed(len(p))
-		return
-	}
-	if c.idle != nil {
-		c.idle.touch()
-	}
-	var l uint32
-	payload := len(p)
-	if !c.web {
-		l, payload = c.reqMsg.feed(p, c.r.p.cfg.MaxRequestBytes)
-	}
-	if l > 0 {
-		ch.Release()
-		c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", l, c.r.p.cfg.MaxRequestBytes), nil, FromClient)
-		s.Consumed(len(p))
+	payload, over, ok := c.frameIn(s, ch, c.done, &c.reqMsg, c.r.p.cfg.MaxRequestBytes)
+	if !ok {
+		if over > 0 {
+			c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", over, c.r.p.cfg.MaxRequestBytes), nil, FromClient)
+		}
 		return
 	}
 	c.reqBytes += int64(payload)
@@ -841,6 +829,32 @@ func (h clientSide) Sent(s *h2.Stream, n int) {
 	if b != nil {
 		b.Consumed(n)
 	}
+}
+
+// frameIn is what either side does first with a DATA frame, mu held. A
+// frame of a call that is over for this stream (gone) is dropped; else the
+// idle timer is touched and the frame's gRPC message prefixes are read
+// against max. ok is false when the frame is dropped, its chunk released
+// and its credit given back: for gone, or for a message over max, whose
+// length is over, and then the caller fails the call. payload is the
+// frame's message bytes, prefixes aside.
+func (c *relayCall) frameIn(s *h2.Stream, ch h2.Chunk, gone bool, m *msgLimit, max int) (payload int, over uint32, ok bool) {
+	n := len(ch.B)
+	if !gone {
+		if c.idle != nil {
+			c.idle.touch()
+		}
+		payload = n
+		if !c.web {
+			over, payload = m.feed(ch.B, max)
+		}
+		if over == 0 {
+			return payload, 0, true
+		}
+	}
+	ch.Release()
+	s.Consumed(n)
+	return 0, over, false
 }
 
 // backendSide handles the backend's stream.
@@ -949,27 +963,14 @@ func fieldValue(f *http2.MetaHeadersFrame, name string) string {
 
 func (h backendSide) Data(s *h2.Stream, ch h2.Chunk, end bool) {
 	c := h.c
-	p := ch.B
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.done || s != c.backend {
-		ch.Release()
-		s.Consumed(len(p))
-		return
-	}
-	if c.idle != nil {
-		c.idle.touch()
-	}
-	var l uint32
-	payload := len(p)
-	if !c.web {
-		l, payload = c.respMsg.feed(p, c.r.p.cfg.MaxResponseBytes)
-	}
-	if l > 0 {
-		ch.Release()
-		s.Consumed(len(p))
-		s.Reset(http2.ErrCodeCancel)
-		c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", l, c.r.p.cfg.MaxResponseBytes), nil, Local)
+	payload, over, ok := c.frameIn(s, ch, c.done || s != c.backend, &c.respMsg, c.r.p.cfg.MaxResponseBytes)
+	if !ok {
+		if over > 0 {
+			s.Reset(http2.ErrCodeCancel)
+			c.failLocked(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", over, c.r.p.cfg.MaxResponseBytes), nil, Local)
+		}
 		return
 	}
 	c.respBytes += int64(payload)
