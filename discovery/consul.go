@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/healthgate/healthgate/discovery/discoverycfg"
+	"github.com/healthgate/healthgate/internal/backoff"
 )
 
 // ConsulSettings is the consul: section of the config file; see
@@ -579,7 +580,7 @@ func blockingLoop[T any](ctx context.Context, c *Consul, kind, what string, quer
 			} else {
 				c.log.Debug("consul query failed again", "query", what, "err", err, "failures", failures, "retry_in", d)
 			}
-			if !sleep(ctx, d) {
+			if !backoff.Sleep(ctx, d) {
 				return
 			}
 			continue
@@ -618,7 +619,7 @@ func blockingLoop[T any](ctx context.Context, c *Consul, kind, what string, quer
 			// A zero index would make every next query return at once.
 			index = 1
 		}
-		if !sleep(ctx, time.Duration(5+rand.IntN(20))*time.Millisecond) {
+		if !backoff.Sleep(ctx, time.Duration(5+rand.IntN(20))*time.Millisecond) {
 			return
 		}
 	}
@@ -631,15 +632,4 @@ func retryDelay(base, max time.Duration, failures int) time.Duration {
 	}
 	d = min(d, max)
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/healthgate/healthgate/internal/backoff"
 )
 
 // The grpc engine: each call is a grpc-go server stream on the listener and
@@ -233,7 +235,7 @@ func (p *Proxy) handle(_ any, ss grpc.ServerStream) error {
 				tr.done(up, o)
 				tried = append(tried, up)
 				info.Retries++
-				if !sleep(ctx, wait) {
+				if !backoff.Sleep(ctx, wait) {
 					release()
 					return finish(clientError(ctx, arrived, ctx.Err()))
 				}
@@ -318,21 +320,6 @@ func afterTry(d time.Duration, cancel context.CancelFunc) func() bool {
 	return func() bool {
 		once.Do(func() { t.Stop() })
 		return fired.Load()
-	}
-}
-
-// sleep waits d, or until ctx ends; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
