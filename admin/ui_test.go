@@ -3,19 +3,14 @@
 package admin_test
 
 import (
-	"bytes"
-	"context"
 	"image"
-	"image/png"
 	"maps"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,9 +20,6 @@ import (
 	"github.com/healthgate/healthgate/internal/gatewaytest"
 	"github.com/healthgate/healthgate/internal/testutil"
 )
-
-// chromium is Debian's Chromium; `make ui-test` installs it when missing.
-const chromium = "/usr/bin/chromium"
 
 // screenshotDir holds the screenshots; it is in .gitignore.
 const screenshotDir = "testdata/screenshots"
@@ -41,8 +33,8 @@ func TestUIStatusPage(t *testing.T) {
 	if os.Getenv("HEALTHGATE_UI_TEST") != "1" {
 		t.Skip("set HEALTHGATE_UI_TEST=1 (or run make ui-test) to render the status page in Chromium")
 	}
-	if _, err := os.Stat(chromium); err != nil {
-		t.Fatalf("HEALTHGATE_UI_TEST=1 but %s is missing (make ui-test installs it): %v", chromium, err)
+	if _, err := os.Stat(testutil.Chromium); err != nil {
+		t.Fatalf("HEALTHGATE_UI_TEST=1 but %s is missing (make ui-test installs it): %v", testutil.Chromium, err)
 	}
 
 	up1, down, other := testutil.StartBackend(t), testutil.StartBackend(t), testutil.StartBackend(t)
@@ -78,7 +70,7 @@ func TestUIStatusPage(t *testing.T) {
 
 	// The DOM once the page has fetched /backends and rendered it.
 	// The page's script holds the same markup as templates: leave it out.
-	dom := scriptRE.ReplaceAllString(runChromium(t, "--dump-dom", url), "")
+	dom := scriptRE.ReplaceAllString(testutil.RunChromium(t, "--dump-dom", url, 3*time.Second), "")
 	if !strings.Contains(dom, `id="routes"`) {
 		t.Fatalf("the dumped DOM is not the status page:\n%s", dom)
 	}
@@ -131,35 +123,9 @@ func TestUIStatusPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Remove(shot)
-	runChromium(t, "--screenshot="+shot, url)
+	testutil.RunChromium(t, "--screenshot="+shot, url, 3*time.Second)
 	checkScreenshot(t, shot)
 	t.Logf("screenshot: %s", shot)
-}
-
-// runChromium runs headless Chromium on url with a fresh profile and returns
-// its standard output.
-func runChromium(t *testing.T, mode, url string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, chromium,
-		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir="+t.TempDir(), "--window-size=1280,900", "--virtual-time-budget=3000",
-		mode, url)
-	// Chromium's helpers are in its process group: a timeout ends them all.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 5 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	start := time.Now()
-	err := cmd.Run()
-	t.Logf("chromium %s: %v in %v", mode, err, time.Since(start).Round(time.Millisecond))
-	if err != nil {
-		t.Fatalf("chromium %s: %v\nstderr:\n%s", mode, err, stderr.String())
-	}
-	return stdout.String()
 }
 
 var (
@@ -223,19 +189,8 @@ func checkSummary(t *testing.T, dom string) {
 // and shows the pills' green (SERVING, ROUTABLE) and red (NOT_SERVING, OUT).
 func checkScreenshot(t *testing.T, path string) {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	defer f.Close()
-	img, err := png.Decode(f)
-	if err != nil {
-		t.Fatalf("screenshot %s is not a PNG: %v", path, err)
-	}
+	img := testutil.Screenshot(t, path)
 	b := img.Bounds()
-	if b.Dx() < 1000 || b.Dy() < 600 {
-		t.Fatalf("screenshot is %dx%d, want at least 1000x600", b.Dx(), b.Dy())
-	}
 	colours := map[[3]uint32]int{}
 	var green, red int
 	for y := b.Min.Y; y < b.Max.Y; y++ {

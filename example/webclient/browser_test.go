@@ -8,7 +8,6 @@ package webclient_test
 import (
 	"context"
 	"html"
-	"image/png"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -195,17 +194,6 @@ func shot(t *testing.T, url, name string, flags []string) {
 	}
 	os.Remove(path)
 	testutil.RunChromium(t, "--screenshot="+path, url, 5*time.Second, flags...)
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	defer f.Close()
-	img, err := png.Decode(f)
-	if err != nil {
-		t.Fatalf("screenshot %s is not a PNG: %v", path, err)
-	}
-	if b := img.Bounds(); b.Dx() < 1000 || b.Dy() < 600 {
-		t.Fatalf("screenshot is %v, want at least 1000x600", b)
-	}
+	testutil.Screenshot(t, path)
 	t.Logf("screenshot: %s", path)
 }

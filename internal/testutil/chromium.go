@@ -5,6 +5,9 @@ package testutil
 import (
 	"bytes"
 	"context"
+	"image"
+	"image/png"
+	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
@@ -44,4 +47,23 @@ func RunChromium(t testing.TB, mode, url string, budget time.Duration, flags ...
 		t.Fatalf("chromium %s: %v\nstderr:\n%s", mode, err, stderr.String())
 	}
 	return stdout.String()
+}
+
+// Screenshot decodes the PNG Chromium wrote to path and wants it at least
+// 1000x600, the window being 1280x900; callers look at its pixels further.
+func Screenshot(t testing.TB, path string) image.Image {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatalf("screenshot %s is not a PNG: %v", path, err)
+	}
+	if b := img.Bounds(); b.Dx() < 1000 || b.Dy() < 600 {
+		t.Fatalf("screenshot is %dx%d, want at least 1000x600", b.Dx(), b.Dy())
+	}
+	return img
 }
